@@ -1,0 +1,55 @@
+//! The in-process bus of a single node: a publish is a local delivery.
+
+use super::{Bus, BusError, LocalSink, Subscriptions};
+use async_trait::async_trait;
+use shared::{Delivery, Topic};
+use std::sync::Arc;
+
+/// Delivers every publish to this node's sink when it has a local member of the topic.
+pub struct MemoryBus {
+    sink: Arc<dyn LocalSink>,
+    subscriptions: Subscriptions,
+}
+
+impl MemoryBus {
+    /// A bus that delivers to `sink`.
+    pub fn new(sink: Arc<dyn LocalSink>) -> Self {
+        Self {
+            sink,
+            subscriptions: Subscriptions::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, delivery: Delivery) -> Result<(), BusError> {
+        if self.subscriptions.contains(&delivery.topic) {
+            self.sink.deliver(Arc::new(delivery)).await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
+        self.subscriptions.add(topic);
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError> {
+        self.subscriptions.remove(topic);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::tests::{Recorder, conformance};
+
+    #[tokio::test]
+    async fn memory_bus_conforms() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let bus = MemoryBus::new(Arc::new(Recorder(tx)));
+        conformance(&bus, &mut rx).await;
+    }
+}

@@ -1,0 +1,354 @@
+//! The domain service owns the rules: access, presence status, typing expiry, who hears about
+//! whom. It knows nothing of sockets or wire formats: adapters call it with commands and render
+//! the events it publishes on the bus.
+
+mod access;
+mod error;
+mod rate;
+mod typing;
+
+pub use access::Access;
+pub use error::DomainError;
+pub use rate::RateLimiter;
+pub use typing::{TYPING_TIMEOUT, TypingTimers};
+
+use crate::auth::Identity;
+use crate::bus::Bus;
+use crate::presence::{ClusterStats, ConnectionEntry, Presence, UserPage, UserPresence};
+use chrono::Utc;
+use shared::event::{Direct, Membership, Notification, PresenceInfo, Typing, UserRef};
+use shared::{ConnId, ConversationId, Delivery, Event, Status, Topic, UserId};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// What the REST API may ask for at most in one page of users.
+pub const MAX_PAGE: usize = 1000;
+
+/// The answer to a successful join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// Users with a connection joined to the conversation, cluster-wide, the joiner included.
+    pub online_users: Vec<UserId>,
+}
+
+/// A notification as a caller asks for it.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationRequest {
+    /// Free-form kind.
+    pub kind: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// Body.
+    pub body: Option<String>,
+    /// Arbitrary JSON.
+    pub data: Option<serde_json::Value>,
+}
+
+/// The domain service of one node.
+pub struct Domain {
+    access: Access,
+    bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
+    typing: TypingTimers,
+    offline_grace: Duration,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Domain {
+    /// A domain over `bus` and `presence`; its background tasks live in `tasks` and stop with
+    /// `shutdown`.
+    pub fn new(
+        access: Access,
+        bus: Arc<dyn Bus>,
+        presence: Arc<dyn Presence>,
+        offline_grace: Duration,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let typing = TypingTimers::spawn(bus.clone(), shutdown.clone(), &tasks);
+        Self {
+            access,
+            bus,
+            presence,
+            typing,
+            offline_grace,
+            tasks,
+            shutdown,
+        }
+    }
+
+    /// Registers an authenticated connection: it receives everything sent to its user, and
+    /// the user's contacts hear that they came online when it is their first connection.
+    pub async fn connect(&self, conn: &ConnId, who: &Identity) -> Result<(), DomainError> {
+        let circles = who
+            .conversations
+            .as_ref()
+            .map(|c| c.entries().to_vec())
+            .unwrap_or_default();
+        self.bus.subscribe(&Topic::User(who.user_id.clone())).await?;
+        let arrived = match self
+            .presence
+            .connect(ConnectionEntry {
+                conn: conn.clone(),
+                user: who.user_id.clone(),
+                circles,
+            })
+            .await
+        {
+            Ok(arrived) => arrived,
+            Err(e) => {
+                self.bus.unsubscribe(&Topic::User(who.user_id.clone())).await.ok();
+                return Err(e.into());
+            }
+        };
+        if arrived {
+            let info = PresenceInfo {
+                user_id: who.user_id.clone(),
+                status: Status::Online,
+                last_seen: None,
+            };
+            self.tell_contacts(&who.user_id, Event::UserOnline(info)).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a closed connection: member-left for conversations it was the user's last in,
+    /// and, after the offline grace, user-offline if the user did not come back.
+    pub async fn disconnect(&self, conn: &ConnId) {
+        let gone = match self.presence.disconnect(conn).await {
+            Ok(Some(gone)) => gone,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence lost a disconnect; its entries expire with their TTL");
+                return;
+            }
+        };
+        for conversation in &gone.joined {
+            self.bus.unsubscribe(&Topic::Conversation(conversation.clone())).await.ok();
+        }
+        for conversation in gone.left {
+            self.member_left(conversation, gone.user.clone()).await;
+        }
+        self.bus.unsubscribe(&Topic::User(gone.user.clone())).await.ok();
+        if gone.last_connection {
+            self.settle_after_grace(gone.user, gone.was_visible);
+        }
+    }
+
+    fn settle_after_grace(&self, user: UserId, announce: bool) {
+        let presence = self.presence.clone();
+        let bus = self.bus.clone();
+        let grace = self.offline_grace;
+        let shutdown = self.shutdown.clone();
+        let span = tracing::debug_span!("offline_grace", user = %user);
+        self.tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(grace) => {}
+                }
+                let contacts = match presence.settle_offline(&user).await {
+                    Ok(Some(contacts)) if announce => contacts,
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "offline not settled");
+                        return;
+                    }
+                };
+                let last_seen = presence.user(&user).await.ok().and_then(|p| p.last_seen);
+                let event = Event::UserOffline(PresenceInfo {
+                    user_id: user,
+                    status: Status::Offline,
+                    last_seen: last_seen.or_else(|| Some(Utc::now())),
+                });
+                for contact in contacts {
+                    bus.publish(Delivery::to(Topic::User(contact), event.clone())).await.ok();
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Joins a connection to a conversation so it receives its events.
+    pub async fn join(&self, conn: &ConnId, who: &Identity, conversation: &ConversationId) -> Result<Joined, DomainError> {
+        self.access.check(who, conversation)?;
+        let topic = Topic::Conversation(conversation.clone());
+        // Subscribe first so no event published right after the join is missed.
+        self.bus.subscribe(&topic).await?;
+        let change = match self.presence.join(conn, conversation).await {
+            Ok(change) => change,
+            Err(e) => {
+                self.bus.unsubscribe(&topic).await.ok();
+                return Err(e.into());
+            }
+        };
+        if !change.connection {
+            self.bus.unsubscribe(&topic).await.ok();
+        }
+        if change.user {
+            let event = Event::MemberJoined(Membership {
+                conversation_id: conversation.clone(),
+                user_id: who.user_id.clone(),
+            });
+            self.bus
+                .publish(Delivery::to(topic, event).except(who.user_id.clone()))
+                .await?;
+        }
+        let online_users = self.presence.conversation_online(conversation).await?;
+        Ok(Joined { online_users })
+    }
+
+    /// Takes a connection out of a conversation.
+    pub async fn leave(&self, conn: &ConnId, who: &Identity, conversation: &ConversationId) -> Result<(), DomainError> {
+        let change = self.presence.leave(conn, conversation).await?;
+        if change.connection {
+            self.bus.unsubscribe(&Topic::Conversation(conversation.clone())).await.ok();
+        }
+        if change.user {
+            self.member_left(conversation.clone(), who.user_id.clone()).await;
+        }
+        Ok(())
+    }
+
+    async fn member_left(&self, conversation: ConversationId, user: UserId) {
+        self.typing.finish(conversation.clone(), user.clone());
+        let event = Event::MemberLeft(Membership {
+            conversation_id: conversation.clone(),
+            user_id: user.clone(),
+        });
+        let delivery = Delivery::to(Topic::Conversation(conversation), event).except(user);
+        if let Err(e) = self.bus.publish(delivery).await {
+            tracing::debug!(error = %e, "member left not published");
+        }
+    }
+
+    /// A typing start or stop, shown to the others in the conversation.
+    pub async fn typing(&self, who: &Identity, conversation: &ConversationId, is_typing: bool) -> Result<(), DomainError> {
+        self.access.check(who, conversation)?;
+        if is_typing {
+            self.typing.start(conversation.clone(), who.user_id.clone());
+        } else {
+            self.typing.cancel(conversation.clone(), who.user_id.clone());
+        }
+        let event = Event::Typing(Typing {
+            conversation_id: conversation.clone(),
+            user_id: who.user_id.clone(),
+            is_typing,
+        });
+        let delivery = Delivery::to(Topic::Conversation(conversation.clone()), event).except(who.user_id.clone());
+        self.bus.publish(delivery).await?;
+        Ok(())
+    }
+
+    /// Sets the caller's status; `offline` makes them invisible while connected.
+    pub async fn set_status(&self, who: &Identity, status: Status) -> Result<Status, DomainError> {
+        self.presence.set_status(&who.user_id, status).await?;
+        let info = PresenceInfo {
+            user_id: who.user_id.clone(),
+            status,
+            last_seen: (status == Status::Offline).then(Utc::now),
+        };
+        self.tell_contacts(&who.user_id, Event::PresenceChanged(info)).await?;
+        Ok(status)
+    }
+
+    async fn tell_contacts(&self, user: &UserId, event: Event) -> Result<(), DomainError> {
+        for contact in self.presence.contacts(user).await? {
+            self.bus.publish(Delivery::to(Topic::User(contact), event.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Users online in a conversation; `who` is `None` for a server caller, which sees all.
+    pub async fn conversation_online(
+        &self,
+        who: Option<&Identity>,
+        conversation: &ConversationId,
+    ) -> Result<Vec<UserId>, DomainError> {
+        if let Some(who) = who {
+            self.access.check(who, conversation)?;
+        }
+        Ok(self.presence.conversation_online(conversation).await?)
+    }
+
+    /// An event to every connection of a user; `not_found` when they are connected nowhere.
+    pub async fn send_to_user(&self, user: &UserId, event: String, data: serde_json::Value) -> Result<(), DomainError> {
+        self.require_connected(user).await?;
+        self.bus
+            .publish(Delivery::to(Topic::User(user.clone()), Event::Direct(Direct { event, data })))
+            .await?;
+        Ok(())
+    }
+
+    /// A notification to every connection of a user; `not_found` when they are connected nowhere.
+    pub async fn notify(&self, user: &UserId, request: NotificationRequest) -> Result<Notification, DomainError> {
+        self.require_connected(user).await?;
+        let notification = Notification {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: request.kind,
+            title: request.title,
+            body: request.body,
+            data: request.data,
+            at: Utc::now(),
+        };
+        let event = Event::Notification(notification.clone());
+        self.bus.publish(Delivery::to(Topic::User(user.clone()), event)).await?;
+        Ok(notification)
+    }
+
+    /// An event to every connection.
+    pub async fn broadcast(&self, event: String, data: serde_json::Value) -> Result<(), DomainError> {
+        self.bus
+            .publish(Delivery::to(Topic::All, Event::Direct(Direct { event, data })))
+            .await?;
+        Ok(())
+    }
+
+    /// An event to every connection joined to a conversation; nothing is stored.
+    pub async fn emit_to_conversation(
+        &self,
+        conversation: &ConversationId,
+        event: String,
+        data: serde_json::Value,
+    ) -> Result<(), DomainError> {
+        let topic = Topic::Conversation(conversation.clone());
+        self.bus.publish(Delivery::to(topic, Event::Direct(Direct { event, data }))).await?;
+        Ok(())
+    }
+
+    /// Closes every connection of a user; returns how many there were.
+    pub async fn disconnect_user(&self, user: &UserId) -> Result<usize, DomainError> {
+        let connections = self.presence.connections(user).await?;
+        if connections > 0 {
+            let event = Event::Disconnect(UserRef { user_id: user.clone() });
+            self.bus.publish(Delivery::to(Topic::User(user.clone()), event)).await?;
+        }
+        Ok(connections)
+    }
+
+    async fn require_connected(&self, user: &UserId) -> Result<(), DomainError> {
+        if self.presence.connections(user).await? == 0 {
+            return Err(DomainError::NotFound("User not connected".into()));
+        }
+        Ok(())
+    }
+
+    /// A user's presence as others see it.
+    pub async fn presence_of(&self, user: &UserId) -> Result<UserPresence, DomainError> {
+        Ok(self.presence.user(user).await?)
+    }
+
+    /// A page of online users.
+    pub async fn online_users(&self, cursor: Option<&str>, limit: usize) -> Result<UserPage, DomainError> {
+        Ok(self.presence.online_users(cursor, limit.clamp(1, MAX_PAGE)).await?)
+    }
+
+    /// Per-node and total counts.
+    pub async fn stats(&self) -> Result<ClusterStats, DomainError> {
+        Ok(self.presence.stats().await?)
+    }
+}

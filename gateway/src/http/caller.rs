@@ -1,0 +1,70 @@
+//! Who calls the REST API: the server (API key, an admin token, or loopback where allowed) or
+//! a user acting as themselves (a user JWT).
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::Identity;
+use crate::domain::DomainError;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// An authenticated REST caller.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Every right.
+    Server,
+    /// Acts as this user.
+    User(Identity),
+}
+
+impl Caller {
+    /// Refuses callers without every right.
+    pub fn require_server(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Server => Ok(()),
+            Caller::User(_) => Err(DomainError::Forbidden("this route needs the API key or an admin token".into()).into()),
+        }
+    }
+
+    /// The identity whose access rules apply; `None` for the server.
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            Caller::Server => None,
+            Caller::User(who) => Some(who),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let presented = header("x-api-key").or_else(|| {
+            header("authorization").and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        });
+        let Some(credential) = presented.filter(|c| !c.is_empty()) else {
+            let loopback = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback());
+            if state.loopback_trusted && loopback {
+                return Ok(Caller::Server);
+            }
+            return Err(DomainError::Unauthorized("missing credentials: send the API key or a user token".into()).into());
+        };
+        if let Some(key) = &state.api_key
+            && bool::from(key.as_bytes().ct_eq(credential.as_bytes()))
+        {
+            return Ok(Caller::Server);
+        }
+        match state.jwt.verify(credential) {
+            Ok(who) if who.admin => Ok(Caller::Server),
+            Ok(who) => Ok(Caller::User(who)),
+            Err(e) => Err(DomainError::Unauthorized(format!("unauthorized: {e}")).into()),
+        }
+    }
+}

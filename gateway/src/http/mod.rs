@@ -1,0 +1,351 @@
+//! HTTP: the REST API of PROTOCOL.md section 4, health and readiness, and the Socket.IO
+//! endpoint, all on one port. The router is built separately from the server so routes can
+//! be tested without a socket.
+
+mod caller;
+mod error;
+
+pub use caller::Caller;
+pub use error::ApiError;
+
+use crate::auth::JwtSettings;
+use crate::config::CorsOrigins;
+use crate::domain::{Domain, DomainError, MAX_PAGE, NotificationRequest};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shared::{ConversationId, UserId};
+use socketioxide::layer::SocketIoLayer;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+/// Longest event name a REST caller may choose.
+const MAX_EVENT_NAME: usize = 128;
+/// Event names Socket.IO clients reserve for themselves.
+const RESERVED_EVENTS: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// Whether the node takes new work.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// From now on `/ready` answers 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn reason(&self) -> Option<&'static str> {
+        self.draining.load(Ordering::SeqCst).then_some("draining")
+    }
+}
+
+/// What REST handlers share.
+pub struct AppState {
+    /// The domain service.
+    pub domain: Arc<Domain>,
+    /// Verifies user tokens.
+    pub jwt: JwtSettings,
+    /// The server API key.
+    pub api_key: Option<String>,
+    /// Loopback callers need no credentials.
+    pub loopback_trusted: bool,
+    /// Readiness.
+    pub readiness: Readiness,
+}
+
+/// JSON bodies whose rejections answer `{ error, code }`.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Query strings whose rejections answer `{ error, code }`.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self(DomainError::BadRequest(r.body_text()))
+    }
+}
+
+/// The whole HTTP application: REST routes inside the Socket.IO layer, inside CORS.
+pub fn router(state: Arc<AppState>, socketio: SocketIoLayer, cors: &CorsOrigins, max_body: usize) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/api/users", get(list_users))
+        .route("/api/users/broadcast", post(broadcast_message))
+        .route("/api/users/{user_id}/message", post(message_user))
+        .route("/api/users/{user_id}/disconnect", post(disconnect_user))
+        .route("/api/stats", get(stats))
+        .route("/websocket/stats", get(stats))
+        .route("/api/presence/{user_id}", get(presence))
+        .route("/websocket/presence/{user_id}", get(presence))
+        .route("/api/conversations/{id}/online", get(online))
+        .route("/websocket/bam/{id}/online", get(online))
+        .route("/api/notify", post(notify))
+        .route("/websocket/notify", post(notify))
+        .route("/websocket/broadcast", post(broadcast_event))
+        .route("/api/conversations/{id}/emit", post(emit))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(socketio)
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("request handler panicked");
+            ApiError(DomainError::Internal).into_response()
+        }))
+        .layer(tower::util::option_layer(cors_layer(cors)))
+        .layer(TraceLayer::new_for_http())
+}
+
+fn cors_layer(origins: &CorsOrigins) -> Option<CorsLayer> {
+    let base = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+        ]);
+    match origins {
+        CorsOrigins::None => None,
+        CorsOrigins::Any => Some(base.allow_origin(Any)),
+        CorsOrigins::List(list) => {
+            let values: Vec<HeaderValue> = list.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+            Some(base.allow_origin(AllowOrigin::list(values)).allow_credentials(true))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    status: &'static str,
+}
+
+fn status(status: &'static str) -> Json<StatusBody> {
+    Json(StatusBody { status })
+}
+
+async fn health() -> Json<StatusBody> {
+    status("ok")
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    #[derive(Serialize)]
+    struct NotReady {
+        status: &'static str,
+        reason: &'static str,
+    }
+    match state.readiness.reason() {
+        None => status("ready").into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(NotReady {
+                status: "unavailable",
+                reason,
+            }),
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(DomainError::NotFound("no such route".into()))
+}
+
+/// Checks an event name chosen by a REST caller.
+fn event_name(name: Option<String>, default: &str) -> Result<String, ApiError> {
+    let name = name.unwrap_or_else(|| default.to_owned());
+    if name.is_empty() || name.len() > MAX_EVENT_NAME {
+        return Err(DomainError::BadRequest(format!("event must be 1 to {MAX_EVENT_NAME} bytes")).into());
+    }
+    if RESERVED_EVENTS.contains(&name.as_str()) {
+        return Err(DomainError::BadRequest(format!("event '{name}' is reserved")).into());
+    }
+    Ok(name)
+}
+
+#[derive(Deserialize)]
+struct UsersQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_users(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<UsersQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server()?;
+    let page = state
+        .domain
+        .online_users(q.cursor.as_deref(), q.limit.unwrap_or(MAX_PAGE))
+        .await?;
+    Ok(Json(page))
+}
+
+#[derive(Deserialize)]
+struct MessageBody {
+    message: Value,
+    event: Option<String>,
+}
+
+async fn message_user(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(user): Path<String>,
+    ApiJson(body): ApiJson<MessageBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server()?;
+    let event = event_name(body.event, "message")?;
+    state.domain.send_to_user(&UserId(user), event, body.message).await?;
+    Ok(status("Message sent"))
+}
+
+async fn broadcast_message(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<MessageBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server()?;
+    let event = event_name(body.event, "message")?;
+    state.domain.broadcast(event, body.message).await?;
+    Ok(status("Message broadcasted"))
+}
+
+async fn disconnect_user(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(user): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    #[derive(Serialize)]
+    struct Disconnected {
+        status: &'static str,
+        connections: usize,
+    }
+    caller.require_server()?;
+    let connections = state.domain.disconnect_user(&UserId(user)).await?;
+    Ok(Json(Disconnected {
+        status: "Disconnected",
+        connections,
+    }))
+}
+
+async fn stats(_caller: Caller, State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.domain.stats().await?))
+}
+
+async fn presence(
+    _caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(user): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.domain.presence_of(&UserId(user)).await?))
+}
+
+async fn online(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Online {
+        conversation_id: ConversationId,
+        online_users: Vec<UserId>,
+    }
+    let conversation = ConversationId(id);
+    let online_users = state
+        .domain
+        .conversation_online(caller.identity(), &conversation)
+        .await?;
+    Ok(Json(Online {
+        conversation_id: conversation,
+        online_users,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NotifyBody {
+    user_id: Value,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    title: Option<String>,
+    body: Option<String>,
+    data: Option<Value>,
+}
+
+async fn notify(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<NotifyBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server()?;
+    let user = match body.user_id {
+        Value::String(s) if !s.is_empty() => UserId(s),
+        Value::Number(n) => UserId(n.to_string()),
+        _ => return Err(DomainError::BadRequest("userId must be a non-empty string or a number".into()).into()),
+    };
+    let request = NotificationRequest {
+        kind: body.kind,
+        title: body.title,
+        body: body.body,
+        data: body.data,
+    };
+    state.domain.notify(&user, request).await?;
+    Ok(status("Notification sent"))
+}
+
+#[derive(Deserialize)]
+struct EventBody {
+    event: Option<String>,
+    data: Value,
+}
+
+async fn broadcast_event(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<EventBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server()?;
+    let event = event_name(body.event, "notification")?;
+    state.domain.broadcast(event, body.data).await?;
+    Ok(status("Broadcast sent"))
+}
+
+async fn emit(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<EventBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server()?;
+    if body.event.is_none() {
+        return Err(DomainError::BadRequest("event is required".into()).into());
+    }
+    let event = event_name(body.event, "")?;
+    state
+        .domain
+        .emit_to_conversation(&ConversationId(id), event, body.data)
+        .await?;
+    Ok(status("Event emitted"))
+}

@@ -1,0 +1,23 @@
+//! Switchboard gateway: one node of a realtime messaging cluster.
+//!
+//! The flow of one event, and the module that owns each step:
+//! - [`config`]: flags, env and config file, parsed once into typed settings.
+//! - [`auth`]: user JWTs verified into an identity; tokens signed for `switchboard token`.
+//! - [`http`]: the REST API, health and readiness, mounted with the Socket.IO endpoint.
+//! - [`socketio`]: the Socket.IO adapter — inbound events to domain commands, domain events
+//!   to each namespace's vocabulary. No business rule lives here.
+//! - [`domain`]: the rules — access, presence status, typing expiry, who hears about whom.
+//! - [`bus`]: carries domain events to every node with local members of a topic.
+//! - [`presence`]: who is connected where, with which status.
+//! - [`server`]: wiring, listening, draining on SIGTERM.
+//! - [`dev`]: the credentials `--dev` generates and keeps.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod dev;
+pub mod domain;
+pub mod http;
+pub mod presence;
+pub mod server;
+pub mod socketio;

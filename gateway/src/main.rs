@@ -1,0 +1,74 @@
+//! The `switchboard` binary.
+
+use clap::Parser;
+use gateway::auth::parse_claim;
+use gateway::config::{Cli, Command, Config, ConfigError, LogFormat, Options, TokenArgs, jwt_settings, parse_duration};
+use gateway::dev::DevCredentials;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let options = match cli.options.layered() {
+        Ok(o) => o,
+        Err(e) => return fail(&e.to_string()),
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Token(args) => match token(&options, &args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Serve => serve(&options),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn serve(options: &Options) -> ExitCode {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let config = match Config::from_options(options, &cwd) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(options.log.as_deref().unwrap_or("info")) {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("invalid value for --log: {e}")),
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(gateway::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn token(options: &Options, args: &TokenArgs) -> Result<String, String> {
+    let dev = if options.dev {
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        Some(DevCredentials::load_or_create(&cwd).map_err(|e| format!("--dev: {e}"))?)
+    } else {
+        None
+    };
+    let jwt = jwt_settings(options, dev.as_ref())
+        .map_err(|e: ConfigError| e.to_string())?
+        .ok_or("no signing key: pass --jwt-secret or --jwt-private-key-file (or --dev)")?;
+    let ttl = parse_duration("ttl", &args.ttl).map_err(|e| e.to_string())?;
+    let mut claims = serde_json::Map::new();
+    for c in &args.claims {
+        let (k, v) = parse_claim(c)?;
+        claims.insert(k, v);
+    }
+    jwt.sign(&args.user, ttl, claims)
+}

@@ -1,0 +1,386 @@
+//! In-process presence of a single node.
+
+use super::{
+    Change, ClusterStats, ConnectionEntry, Disconnected, NodeStats, Presence, PresenceError, UserPage, UserPresence,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use shared::{ConnId, ConversationId, NodeId, Status, UserId};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Last-seen times kept for users who left; beyond this many, the oldest are forgotten.
+const LAST_SEEN_CAP: usize = 100_000;
+
+/// Presence held in this process, behind one short-held lock.
+pub struct MemoryPresence {
+    node_id: NodeId,
+    started_at: DateTime<Utc>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    conns: HashMap<ConnId, ConnState>,
+    users: HashMap<UserId, UserState>,
+    circles: HashMap<String, HashSet<UserId>>,
+    rooms: HashMap<ConversationId, BTreeSet<UserId>>,
+    last_seen: HashMap<UserId, DateTime<Utc>>,
+}
+
+struct ConnState {
+    user: UserId,
+    joined: HashSet<ConversationId>,
+}
+
+#[derive(Default)]
+struct UserState {
+    conns: usize,
+    status: Status,
+    circles: HashSet<String>,
+    joined: HashMap<ConversationId, usize>,
+}
+
+impl UserState {
+    fn visible(&self) -> bool {
+        self.conns > 0 && self.status != Status::Offline
+    }
+}
+
+impl MemoryPresence {
+    /// Presence for the single node `node_id`.
+    pub fn new(node_id: NodeId) -> Self {
+        Self {
+            node_id,
+            started_at: Utc::now(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn add_circle(&mut self, user: &UserId, circle: String) {
+        if let Some(u) = self.users.get_mut(user)
+            && u.circles.insert(circle.clone())
+        {
+            self.circles.entry(circle).or_default().insert(user.clone());
+        }
+    }
+
+    fn contacts(&self, user: &UserId) -> Vec<UserId> {
+        let Some(u) = self.users.get(user) else {
+            return Vec::new();
+        };
+        let mut out: BTreeSet<&UserId> = BTreeSet::new();
+        for circle in &u.circles {
+            for other in self.circles.get(circle).into_iter().flatten() {
+                if other != user && self.users.get(other).is_some_and(|o| o.conns > 0) {
+                    out.insert(other);
+                }
+            }
+        }
+        out.into_iter().cloned().collect()
+    }
+
+    fn remember_last_seen(&mut self, user: &UserId, at: DateTime<Utc>) {
+        if self.last_seen.len() >= LAST_SEEN_CAP
+            && !self.last_seen.contains_key(user)
+            && let Some(oldest) = self.last_seen.iter().min_by_key(|(_, t)| **t).map(|(u, _)| u.clone())
+        {
+            self.last_seen.remove(&oldest);
+        }
+        self.last_seen.insert(user.clone(), at);
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryPresence {
+    async fn connect(&self, entry: ConnectionEntry) -> Result<bool, PresenceError> {
+        let mut s = self.state();
+        let arrived = !s.users.contains_key(&entry.user);
+        s.users.entry(entry.user.clone()).or_default().conns += 1;
+        for circle in entry.circles {
+            s.add_circle(&entry.user, circle);
+        }
+        s.conns.insert(
+            entry.conn,
+            ConnState {
+                user: entry.user,
+                joined: HashSet::new(),
+            },
+        );
+        Ok(arrived)
+    }
+
+    async fn disconnect(&self, conn: &ConnId) -> Result<Option<Disconnected>, PresenceError> {
+        let mut s = self.state();
+        let Some(c) = s.conns.remove(conn) else {
+            return Ok(None);
+        };
+        let mut left = Vec::new();
+        let mut emptied_rooms = Vec::new();
+        let Some(u) = s.users.get_mut(&c.user) else {
+            return Ok(None);
+        };
+        let was_visible = u.visible();
+        for conv in &c.joined {
+            if let Some(n) = u.joined.get_mut(conv) {
+                *n -= 1;
+                if *n == 0 {
+                    u.joined.remove(conv);
+                    left.push(conv.clone());
+                }
+            }
+        }
+        u.conns -= 1;
+        let last_connection = u.conns == 0;
+        for conv in &left {
+            if let Some(room) = s.rooms.get_mut(conv) {
+                room.remove(&c.user);
+                if room.is_empty() {
+                    emptied_rooms.push(conv.clone());
+                }
+            }
+        }
+        for conv in emptied_rooms {
+            s.rooms.remove(&conv);
+        }
+        if last_connection {
+            s.remember_last_seen(&c.user, Utc::now());
+        }
+        Ok(Some(Disconnected {
+            user: c.user,
+            last_connection,
+            joined: c.joined.into_iter().collect(),
+            left,
+            was_visible,
+        }))
+    }
+
+    async fn join(&self, conn: &ConnId, conversation: &ConversationId) -> Result<Change, PresenceError> {
+        let mut s = self.state();
+        let Some(c) = s.conns.get_mut(conn) else {
+            return Ok(Change::default());
+        };
+        if !c.joined.insert(conversation.clone()) {
+            return Ok(Change::default());
+        }
+        let user = c.user.clone();
+        let first = match s.users.get_mut(&user) {
+            Some(u) => {
+                let n = u.joined.entry(conversation.clone()).or_insert(0);
+                *n += 1;
+                *n == 1
+            }
+            None => false,
+        };
+        s.rooms.entry(conversation.clone()).or_default().insert(user.clone());
+        s.add_circle(&user, conversation.0.clone());
+        Ok(Change {
+            connection: true,
+            user: first,
+        })
+    }
+
+    async fn leave(&self, conn: &ConnId, conversation: &ConversationId) -> Result<Change, PresenceError> {
+        let mut s = self.state();
+        let Some(c) = s.conns.get_mut(conn) else {
+            return Ok(Change::default());
+        };
+        if !c.joined.remove(conversation) {
+            return Ok(Change::default());
+        }
+        let user = c.user.clone();
+        let last = match s.users.get_mut(&user) {
+            Some(u) => match u.joined.get_mut(conversation) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    u.joined.remove(conversation);
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        };
+        if last && let Some(room) = s.rooms.get_mut(conversation) {
+            room.remove(&user);
+            if room.is_empty() {
+                s.rooms.remove(conversation);
+            }
+        }
+        Ok(Change {
+            connection: true,
+            user: last,
+        })
+    }
+
+    async fn set_status(&self, user: &UserId, status: Status) -> Result<(), PresenceError> {
+        let mut s = self.state();
+        if let Some(u) = s.users.get_mut(user).filter(|u| u.conns > 0) {
+            u.status = status;
+            if status == Status::Offline {
+                s.remember_last_seen(user, Utc::now());
+            }
+        }
+        Ok(())
+    }
+
+    async fn user(&self, user: &UserId) -> Result<UserPresence, PresenceError> {
+        let s = self.state();
+        Ok(match s.users.get(user).filter(|u| u.visible()) {
+            Some(u) => UserPresence {
+                user_id: user.clone(),
+                online: true,
+                status: u.status,
+                last_seen: None,
+                connections: u.conns,
+            },
+            None => UserPresence {
+                user_id: user.clone(),
+                online: false,
+                status: Status::Offline,
+                last_seen: s.last_seen.get(user).copied(),
+                connections: 0,
+            },
+        })
+    }
+
+    async fn connections(&self, user: &UserId) -> Result<usize, PresenceError> {
+        Ok(self.state().users.get(user).map_or(0, |u| u.conns))
+    }
+
+    async fn settle_offline(&self, user: &UserId) -> Result<Option<Vec<UserId>>, PresenceError> {
+        let mut s = self.state();
+        match s.users.get(user) {
+            Some(u) if u.conns == 0 => {}
+            _ => return Ok(None),
+        }
+        let contacts = s.contacts(user);
+        if let Some(u) = s.users.remove(user) {
+            for circle in u.circles {
+                if let Some(members) = s.circles.get_mut(&circle) {
+                    members.remove(user);
+                    if members.is_empty() {
+                        s.circles.remove(&circle);
+                    }
+                }
+            }
+        }
+        Ok(Some(contacts))
+    }
+
+    async fn contacts(&self, user: &UserId) -> Result<Vec<UserId>, PresenceError> {
+        Ok(self.state().contacts(user))
+    }
+
+    async fn online_users(&self, after: Option<&str>, limit: usize) -> Result<UserPage, PresenceError> {
+        let s = self.state();
+        let mut users: Vec<&UserId> = s
+            .users
+            .iter()
+            .filter(|(id, u)| u.visible() && after.is_none_or(|a| id.as_str() > a))
+            .map(|(id, _)| id)
+            .collect();
+        users.sort_unstable();
+        let more = users.len() > limit;
+        users.truncate(limit);
+        Ok(UserPage {
+            next_cursor: more.then(|| users.last().map(|u| u.0.clone())).flatten(),
+            users: users.into_iter().cloned().collect(),
+        })
+    }
+
+    async fn conversation_online(&self, conversation: &ConversationId) -> Result<Vec<UserId>, PresenceError> {
+        let s = self.state();
+        Ok(s.rooms
+            .get(conversation)
+            .into_iter()
+            .flatten()
+            .filter(|u| s.users.get(*u).is_some_and(UserState::visible))
+            .cloned()
+            .collect())
+    }
+
+    async fn stats(&self) -> Result<ClusterStats, PresenceError> {
+        let s = self.state();
+        let node = NodeStats {
+            node_id: self.node_id.clone(),
+            connections: s.conns.len(),
+            users: s.users.values().filter(|u| u.conns > 0).count(),
+            rooms: s.rooms.len(),
+            started_at: self.started_at,
+        };
+        Ok(ClusterStats {
+            connections: node.connections,
+            users: node.users,
+            rooms: node.rooms,
+            nodes: vec![node],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(conn: &str, user: &str, circles: &[&str]) -> ConnectionEntry {
+        ConnectionEntry {
+            conn: conn.into(),
+            user: user.into(),
+            circles: circles.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn users_come_and_go_with_their_last_connection() -> Result<(), PresenceError> {
+        let p = MemoryPresence::new("n1".into());
+        assert!(p.connect(entry("a1", "alice", &[])).await?);
+        assert!(!p.connect(entry("a2", "alice", &[])).await?);
+        assert!(p.join(&"a1".into(), &"c".into()).await?.user);
+        let again = p.join(&"a2".into(), &"c".into()).await?;
+        assert!(again.connection && !again.user);
+        assert_eq!(p.join(&"a2".into(), &"c".into()).await?, Change::default());
+        assert_eq!(p.conversation_online(&"c".into()).await?, vec![UserId::from("alice")]);
+        assert!(!p.leave(&"a1".into(), &"c".into()).await?.user);
+        let d = p.disconnect(&"a1".into()).await?;
+        assert_eq!(d.map(|d| d.last_connection), Some(false));
+        let d = p.disconnect(&"a2".into()).await?;
+        assert_eq!(d.as_ref().map(|d| d.left.clone()), Some(vec![ConversationId::from("c")]));
+        assert!(p.conversation_online(&"c".into()).await?.is_empty());
+        // Back within the grace: not a new arrival, and settling finds them present.
+        assert!(!p.connect(entry("a3", "alice", &[])).await?);
+        assert_eq!(p.settle_offline(&"alice".into()).await?, None);
+        p.disconnect(&"a3".into()).await?;
+        assert_eq!(p.settle_offline(&"alice".into()).await?, Some(vec![]));
+        let view = p.user(&"alice".into()).await?;
+        assert!(!view.online && view.last_seen.is_some());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn contacts_share_a_circle_and_invisible_users_hide() -> Result<(), PresenceError> {
+        let p = MemoryPresence::new("n1".into());
+        p.connect(entry("a", "alice", &["team-*"])).await?;
+        p.connect(entry("b", "bob", &["team-*"])).await?;
+        p.connect(entry("c", "carol", &[])).await?;
+        p.join(&"c".into(), &"room".into()).await?;
+        p.join(&"a".into(), &"room".into()).await?;
+        assert_eq!(p.contacts(&"alice".into()).await?, vec![UserId::from("bob"), UserId::from("carol")]);
+        assert_eq!(p.contacts(&"bob".into()).await?, vec![UserId::from("alice")]);
+        p.set_status(&"alice".into(), Status::Offline).await?;
+        assert!(!p.user(&"alice".into()).await?.online);
+        assert_eq!(p.conversation_online(&"room".into()).await?, vec![UserId::from("carol")]);
+        let page = p.online_users(None, 1).await?;
+        assert_eq!(page.users, vec![UserId::from("bob")]);
+        let next = p.online_users(page.next_cursor.as_deref(), 1).await?;
+        assert_eq!((next.users, next.next_cursor), (vec![UserId::from("carol")], None));
+        Ok(())
+    }
+}

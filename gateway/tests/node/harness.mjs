@@ -1,0 +1,373 @@
+// Test harness for the end-to-end suite: starts real `switchboard` processes on port 0 and
+// drives them with the real socket.io-client and plain HTTP.
+//
+// Every socket made by `connect` records the events it receives in an inbox from the moment it
+// is created, so an event that arrives before the test starts waiting for it is not lost:
+// `once` takes the oldest unread matching event (or waits for the next one), `noEvent` fails
+// if a matching event is unread or arrives within the window.
+
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { after } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { AssertionError } from 'node:assert';
+import { io } from 'socket.io-client';
+import jwt from 'jsonwebtoken';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const REPO_ROOT = resolve(here, '..', '..', '..');
+export const BIN = process.env.SWITCHBOARD_BIN || join(REPO_ROOT, 'target', 'debug', 'switchboard');
+
+/** Default HS256 secret the test files start their nodes with (`--jwt-secret S`). */
+export const SECRET = 'S';
+
+const STARTUP_TIMEOUT_MS = 20_000;
+const STOP_GRACE_MS = 5_000;
+const EVENT_TIMEOUT_MS = 3_000;
+const ACK_TIMEOUT_MS = 5_000;
+const LISTENING_RE = /listening on http:\/\/([0-9.]+:[0-9]+)/;
+
+const liveNodes = new Set();
+const socketsByUrl = new Map();
+
+// Safety net: whatever a test file forgot, nothing it started outlives it.
+after(async () => {
+  await closeAll();
+});
+process.on('exit', () => {
+  for (const node of liveNodes) {
+    try {
+      node.proc.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+/** Environment for a child: ours minus any SWITCHBOARD_* so the host cannot change a test. */
+function childEnv(extra) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith('SWITCHBOARD_')) env[k] = v;
+  }
+  return { ...env, ...extra };
+}
+
+/**
+ * Starts one gateway node: `switchboard serve --listen 127.0.0.1:0 ...args` in a fresh temporary
+ * directory (or `cwd`). Resolves once it printed its `listening on http://ADDR` line.
+ * @returns {Promise<{url: string, proc: import('node:child_process').ChildProcess, cwd: string,
+ *   output: () => string, stop: () => Promise<void>}>}
+ */
+export async function startNode({ args = [], env = {}, cwd } = {}) {
+  if (!existsSync(BIN)) {
+    throw new Error(`switchboard binary not found at ${BIN} (run \`cargo build\` or set SWITCHBOARD_BIN)`);
+  }
+  const ownDir = !cwd;
+  const dir = cwd ?? (await mkdtemp(join(tmpdir(), 'switchboard-e2e-')));
+  const fullArgs = ['serve', '--listen', '127.0.0.1:0', ...args];
+  const proc = spawn(BIN, fullArgs, { cwd: dir, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+
+  let stdout = '';
+  let stderr = '';
+  const MAX_LOG = 200_000;
+  const keep = (buf, chunk) => (buf + chunk).slice(-MAX_LOG);
+  const exited = new Promise((res) => proc.once('exit', (code, signal) => res({ code, signal })));
+
+  const node = {
+    url: '',
+    proc,
+    cwd: dir,
+    args: fullArgs,
+    output: () => `--- stdout ---\n${stdout}\n--- stderr ---\n${stderr}`,
+    stop: async () => {
+      liveNodes.delete(node);
+      closeSocketsOf(node.url);
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill('SIGTERM');
+        const timer = setTimeout(() => proc.kill('SIGKILL'), STOP_GRACE_MS);
+        await exited;
+        clearTimeout(timer);
+      }
+      if (process.env.SWITCHBOARD_E2E_LOGS) process.stderr.write(`\n[switchboard ${fullArgs.join(' ')}]\n${node.output()}\n`);
+      if (ownDir) await rm(dir, { recursive: true, force: true });
+    },
+  };
+  liveNodes.add(node);
+
+  const addr = await new Promise((resolveAddr, reject) => {
+    let lineBuf = '';
+    let found = false;
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`switchboard did not print "listening on http://..." within ${STARTUP_TIMEOUT_MS} ms\n${node.output()}`));
+    }, STARTUP_TIMEOUT_MS);
+    proc.stdout.setEncoding('utf8');
+    proc.stderr.setEncoding('utf8');
+    proc.stderr.on('data', (chunk) => {
+      stderr = keep(stderr, chunk);
+    });
+    proc.stdout.on('data', (chunk) => {
+      stdout = keep(stdout, chunk);
+      if (found) return;
+      lineBuf += chunk;
+      const lines = lineBuf.split('\n');
+      lineBuf = lines.pop();
+      for (const line of lines) {
+        const m = LISTENING_RE.exec(line);
+        if (m) {
+          found = true;
+          clearTimeout(timer);
+          resolveAddr(m[1]);
+          return;
+        }
+      }
+    });
+    proc.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${BIN}: ${err.message}`));
+    });
+    exited.then(({ code, signal }) => {
+      if (found) return;
+      clearTimeout(timer);
+      liveNodes.delete(node);
+      reject(new Error(`switchboard ${fullArgs.join(' ')} exited (code ${code}, signal ${signal}) before listening\n${node.output()}`));
+    });
+  });
+  node.url = `http://${addr}`;
+  return node;
+}
+
+/** Closes every socket and stops every node this process started. */
+export async function closeAll() {
+  for (const set of socketsByUrl.values()) for (const s of set) s.close();
+  socketsByUrl.clear();
+  await Promise.all([...liveNodes].map((n) => n.stop()));
+}
+
+function closeSocketsOf(url) {
+  const set = socketsByUrl.get(url);
+  if (!set) return;
+  for (const s of set) s.close();
+  socketsByUrl.delete(url);
+}
+
+/**
+ * An HS256 JWT. `expiresIn` (default 1h) is ignored when `claims` carries its own `exp`;
+ * `expiresIn: null` gives a token without expiry.
+ */
+export function token(claims, { secret = SECRET, expiresIn = '1h' } = {}) {
+  const options = { algorithm: 'HS256' };
+  if (expiresIn != null && claims.exp === undefined) options.expiresIn = expiresIn;
+  return jwt.sign(claims, secret, options);
+}
+
+/** A token that expired an hour ago (far beyond any leeway). */
+export function expiredToken(claims, { secret = SECRET } = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  return token({ ...claims, iat: now - 7200, exp: now - 3600 }, { secret });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket.IO
+
+function attachInbox(socket) {
+  const inbox = [];
+  const waiters = [];
+  const deliver = (event, args) => {
+    const i = waiters.findIndex((w) => w.event === event && w.match(...args));
+    if (i >= 0) {
+      const [w] = waiters.splice(i, 1);
+      w.resolve(args);
+    } else {
+      inbox.push({ event, args });
+    }
+  };
+  socket.onAny((event, ...args) => deliver(event, args));
+  socket.on('disconnect', (reason, details) => deliver('disconnect', [reason, details]));
+  socket.__inbox = inbox;
+  socket.__waiters = waiters;
+}
+
+/**
+ * A connected socket.io-client socket to `url` + `ns`. Defaults: websocket only, a new Manager,
+ * no reconnection (override through `opts`). Rejects with the connect_error's message (its
+ * `data` kept on the error).
+ */
+export function connect(url, ns = '/', opts = {}) {
+  const socket = io(url + ns, {
+    transports: ['websocket'],
+    forceNew: true,
+    reconnection: false,
+    timeout: 5_000,
+    ...opts,
+  });
+  attachInbox(socket);
+  if (!socketsByUrl.has(url)) socketsByUrl.set(url, new Set());
+  socketsByUrl.get(url).add(socket);
+  return new Promise((resolveSocket, reject) => {
+    const onConnect = () => {
+      cleanup();
+      resolveSocket(socket);
+    };
+    const onError = (err) => {
+      cleanup();
+      socket.close();
+      const e = new Error(err?.message ?? String(err));
+      e.data = err?.data;
+      reject(e);
+    };
+    const cleanup = () => {
+      socket.off('connect', onConnect);
+      socket.off('connect_error', onError);
+    };
+    socket.on('connect', onConnect);
+    socket.on('connect_error', onError);
+  });
+}
+
+/** `connect`, closing the socket when test `t` ends. */
+export async function client(t, url, ns = '/', opts = {}) {
+  const socket = await connect(url, ns, opts);
+  t.after(() => socket.close());
+  return socket;
+}
+
+/**
+ * The first argument of the oldest unread `event` on `socket` that satisfies `match`, waiting up
+ * to `timeoutMs` for it. `'disconnect'` resolves with the reason.
+ */
+export function once(socket, event, timeoutMs = EVENT_TIMEOUT_MS, match = () => true) {
+  return onceArgs(socket, event, timeoutMs, match).then((args) => args[0]);
+}
+
+/** Like `once`, resolving with all the event's arguments. */
+export function onceArgs(socket, event, timeoutMs = EVENT_TIMEOUT_MS, match = () => true) {
+  const inbox = socket.__inbox;
+  const i = inbox.findIndex((e) => e.event === event && match(...e.args));
+  if (i >= 0) {
+    const [e] = inbox.splice(i, 1);
+    return Promise.resolve(e.args);
+  }
+  return new Promise((resolveArgs, reject) => {
+    const waiter = {
+      event,
+      match,
+      resolve: (args) => {
+        clearTimeout(timer);
+        resolveArgs(args);
+      },
+    };
+    const timer = setTimeout(() => {
+      const idx = socket.__waiters.indexOf(waiter);
+      if (idx >= 0) socket.__waiters.splice(idx, 1);
+      const seen = socket.__inbox.map((e) => `${e.event} ${safeJson(e.args)}`).join('\n  ');
+      reject(new Error(`no "${event}" event (matching) within ${timeoutMs} ms; unread events:\n  ${seen || '(none)'}`));
+    }, timeoutMs);
+    socket.__waiters.push(waiter);
+  });
+}
+
+/** Asserts that no `event` (satisfying `match`) is unread on `socket` nor arrives within `ms`. */
+export async function noEvent(socket, event, ms = 400, match = () => true) {
+  let got;
+  try {
+    got = await onceArgs(socket, event, ms, match);
+  } catch {
+    return;
+  }
+  throw new AssertionError({ message: `unexpected "${event}" event: ${safeJson(got)}` });
+}
+
+/** Forgets unread `event`s on `socket` (all events when `event` is omitted). */
+export function drain(socket, event) {
+  const inbox = socket.__inbox;
+  for (let i = inbox.length - 1; i >= 0; i--) if (event === undefined || inbox[i].event === event) inbox.splice(i, 1);
+}
+
+/** Emits `event` with `args` (none for "no payload") and resolves with the acknowledgement. */
+export async function emitAck(socket, event, ...args) {
+  try {
+    return await socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, ...args);
+  } catch (err) {
+    throw new Error(`no ack for "${event}" ${safeJson(args)} within ${ACK_TIMEOUT_MS} ms (${err.message})`);
+  }
+}
+
+function safeJson(v) {
+  try {
+    const s = JSON.stringify(v);
+    return s.length > 500 ? `${s.slice(0, 500)}…` : s;
+  } catch {
+    return String(v);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/**
+ * One HTTP request. An object `body` is sent as JSON; a string body is sent as is (with a JSON
+ * content type unless `headers` say otherwise). Resolves with `{status, json, text, headers}`;
+ * `json` is undefined when the body is not JSON.
+ */
+export async function http(method, url, body, headers = {}) {
+  const h = new Headers(headers);
+  const init = { method, headers: h };
+  if (body !== undefined) {
+    init.body = typeof body === 'string' ? body : JSON.stringify(body);
+    if (!h.has('content-type')) h.set('content-type', 'application/json');
+  }
+  const res = await fetch(url, init);
+  const text = await res.text();
+  let json;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, json, text, headers: res.headers };
+}
+
+/** `Authorization: Bearer <value>` header object. */
+export function bearer(value) {
+  return { authorization: `Bearer ${value}` };
+}
+
+/** Polls `fn` until it returns a truthy value, up to `timeoutMs`; resolves with that value. */
+export async function eventually(fn, { timeoutMs = EVENT_TIMEOUT_MS, intervalMs = 50, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms (last: ${safeJson(last)})`);
+    await sleep(intervalMs);
+  }
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Asserts an error acknowledgement `{success: false, error: {code, message}}` with `code`. */
+export function assertErrorAck(ack, code) {
+  if (!ack || ack.success !== false || !ack.error || ack.error.code !== code || typeof ack.error.message !== 'string') {
+    throw new AssertionError({
+      message: `expected error ack with code "${code}", got ${safeJson(ack)}`,
+      actual: ack,
+      expected: { success: false, error: { code, message: '<string>' } },
+      operator: 'errorAck',
+    });
+  }
+}
+
+/** Asserts an RFC 3339 UTC timestamp string. */
+export function assertTimestamp(value, what = 'timestamp') {
+  const ok =
+    typeof value === 'string' &&
+    /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]00:00)$/.test(value) &&
+    !Number.isNaN(Date.parse(value));
+  if (!ok) throw new AssertionError({ message: `${what}: expected an RFC 3339 UTC string, got ${safeJson(value)}` });
+}

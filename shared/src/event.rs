@@ -1,0 +1,141 @@
+//! Domain events: what the domain publishes on the bus and every protocol adapter renders.
+//!
+//! Payload structs serialise to the camelCase shapes of PROTOCOL.md 2.3, which the Socket.IO
+//! adapter sends as they are; other adapters map them to their own vocabulary.
+
+use crate::{ConversationId, Status, UserId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where an event goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Topic {
+    /// Every connection joined to the conversation.
+    Conversation(ConversationId),
+    /// Every connection of the user.
+    User(UserId),
+    /// Every connection.
+    All,
+}
+
+/// One event addressed to a topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Who receives it.
+    pub topic: Topic,
+    /// Connections of this user are skipped (typing and member events skip their author).
+    pub except_user: Option<UserId>,
+    /// What happened.
+    pub event: Event,
+}
+
+impl Delivery {
+    /// An event for everyone subscribed to `topic`.
+    pub fn to(topic: Topic, event: Event) -> Self {
+        Self {
+            topic,
+            except_user: None,
+            event,
+        }
+    }
+
+    /// The same delivery, skipping the connections of `user`.
+    pub fn except(mut self, user: UserId) -> Self {
+        self.except_user = Some(user);
+        self
+    }
+}
+
+/// A domain event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Event {
+    /// A user's first connection joined the conversation.
+    MemberJoined(Membership),
+    /// A user's last connection left the conversation.
+    MemberLeft(Membership),
+    /// A user started or stopped typing.
+    Typing(Typing),
+    /// A user's first connection anywhere opened.
+    UserOnline(PresenceInfo),
+    /// A user's last connection closed (after the grace), or died with its node.
+    UserOffline(PresenceInfo),
+    /// A connected user changed status.
+    PresenceChanged(PresenceInfo),
+    /// A notification for a user (REST `/api/notify`).
+    Notification(Notification),
+    /// An event name and payload passed through as given (REST messages, broadcasts, emits).
+    Direct(Direct),
+    /// Close the connections of a user (REST disconnect).
+    Disconnect(UserRef),
+}
+
+/// Member joined / left: `{ conversationId, userId }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Membership {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The member.
+    pub user_id: UserId,
+}
+
+/// Typing: `{ conversationId, userId, isTyping }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Typing {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// Who types.
+    pub user_id: UserId,
+    /// Started (true) or stopped (false).
+    pub is_typing: bool,
+}
+
+/// Online / offline / presence changed: `{ userId, status, lastSeen }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceInfo {
+    /// The user.
+    pub user_id: UserId,
+    /// The status others see.
+    pub status: Status,
+    /// When the user was last connected; null while online.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// A notification: `{ id, type, title, body, data, at }`; absent fields are null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Unique id given by the gateway.
+    pub id: String,
+    /// Free-form kind chosen by the caller.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// Body.
+    pub body: Option<String>,
+    /// Arbitrary JSON.
+    pub data: Option<serde_json::Value>,
+    /// When it was sent.
+    pub at: DateTime<Utc>,
+}
+
+/// An event passed through by name with an arbitrary JSON payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Direct {
+    /// The event name clients listen to.
+    pub event: String,
+    /// The payload, exactly as posted.
+    pub data: serde_json::Value,
+}
+
+/// A user, for control events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRef {
+    /// The user.
+    pub user_id: UserId,
+}

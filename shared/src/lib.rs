@@ -1,0 +1,16 @@
+//! Wire types shared by the Switchboard gateway and the tools that talk to it.
+//!
+//! - [`ids`]: the string identifiers of users, conversations, connections and nodes.
+//! - [`error`]: the error codes every protocol reports (PROTOCOL.md 2.2).
+//! - [`presence`]: user statuses.
+//! - [`event`]: domain events as they travel on the bus, with their payloads.
+
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod presence;
+
+pub use error::ErrorCode;
+pub use event::{Delivery, Event, Topic};
+pub use ids::{ConnId, ConversationId, NodeId, UserId};
+pub use presence::Status;
