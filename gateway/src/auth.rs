@@ -67,7 +67,10 @@ impl JwtKeys {
                 "give either --jwt-secret or --jwt-public-key-file, not both".into(),
             ));
         }
-        let mut keys = JwtKeys { verify: None, sign: None };
+        let mut keys = JwtKeys {
+            verify: None,
+            sign: None,
+        };
         if let Some(secret) = secret {
             keys.verify = Some((DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256));
             keys.sign = Some((EncodingKey::from_secret(secret.as_bytes()), Algorithm::HS256));
@@ -76,14 +79,24 @@ impl JwtKeys {
             let key = DecodingKey::from_rsa_pem(pem)
                 .map(|k| (k, Algorithm::RS256))
                 .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (k, Algorithm::ES256)))
-                .map_err(|_| ("jwt-public-key-file", "not an RSA or EC (P-256) public key in PEM".to_owned()))?;
+                .map_err(|_| {
+                    (
+                        "jwt-public-key-file",
+                        "not an RSA or EC (P-256) public key in PEM".to_owned(),
+                    )
+                })?;
             keys.verify = Some(key);
         }
         if let Some(pem) = private_pem {
             let key = EncodingKey::from_rsa_pem(pem)
                 .map(|k| (k, Algorithm::RS256))
                 .or_else(|_| EncodingKey::from_ec_pem(pem).map(|k| (k, Algorithm::ES256)))
-                .map_err(|_| ("jwt-private-key-file", "not an RSA or EC (P-256) private key in PEM".to_owned()))?;
+                .map_err(|_| {
+                    (
+                        "jwt-private-key-file",
+                        "not an RSA or EC (P-256) private key in PEM".to_owned(),
+                    )
+                })?;
             keys.sign = Some(key);
         }
         Ok((keys.verify.is_some() || keys.sign.is_some()).then_some(keys))

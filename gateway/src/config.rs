@@ -199,7 +199,12 @@ pub struct Options {
 
     /// Outbound vocabulary per Socket.IO namespace, e.g. /=bam; entries replace the defaults
     /// for the namespaces they name [default: /=alt,/chat=chat]
-    #[arg(long, global = true, env = "SWITCHBOARD_SOCKETIO_PROFILE", value_name = "NS=PROFILE,…")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_SOCKETIO_PROFILE",
+        value_name = "NS=PROFILE,…"
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socketio_profile: Option<String>,
 
@@ -408,13 +413,17 @@ impl Config {
                 return Err(invalid("redis-url", "expected a redis:// or rediss:// URL"));
             }
             return Err(ConfigError::Refused(
-                "--redis-url: cluster mode is not available in this version yet; run without it for a single node".into(),
+                "--redis-url: cluster mode is not available in this version yet; run without it for a single node"
+                    .into(),
             ));
         }
         if let Some(url) = &o.database_url
             && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
-            return Err(invalid("database-url", "expected sqlite://…, sqlite::memory: or postgres://…"));
+            return Err(invalid(
+                "database-url",
+                "expected sqlite://…, sqlite::memory: or postgres://…",
+            ));
         }
         if o.mongodb_url.is_some() {
             return Err(ConfigError::Refused(
@@ -573,12 +582,18 @@ fn parse_cors(s: &str) -> Result<CorsOrigins, ConfigError> {
     if s.is_empty() {
         return Ok(CorsOrigins::None);
     }
-    let origins: Vec<String> = s.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).collect();
+    let origins: Vec<String> = s
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .collect();
     for o in &origins {
-        let ok = (o.starts_with("http://") || o.starts_with("https://"))
-            && axum::http::HeaderValue::from_str(o).is_ok();
+        let ok =
+            (o.starts_with("http://") || o.starts_with("https://")) && axum::http::HeaderValue::from_str(o).is_ok();
         if !ok {
-            return Err(invalid("cors-origins", format!("'{o}' is not an origin like https://app.example.com")));
+            return Err(invalid(
+                "cors-origins",
+                format!("'{o}' is not an origin like https://app.example.com"),
+            ));
         }
     }
     Ok(CorsOrigins::List(origins))
@@ -594,7 +609,10 @@ fn parse_profiles(s: Option<&str>) -> Result<Vec<(String, ProfileName)>, ConfigE
             .ok_or_else(|| invalid("socketio-profile", format!("'{entry}' is not NAMESPACE=PROFILE")))?;
         let ns = ns.trim();
         if !ns.starts_with('/') || ns.contains(char::is_whitespace) {
-            return Err(invalid("socketio-profile", format!("namespace '{ns}' must start with /")));
+            return Err(invalid(
+                "socketio-profile",
+                format!("namespace '{ns}' must start with /"),
+            ));
         }
         let profile = match profile.trim() {
             "alt" => ProfileName::Alt,
@@ -694,10 +712,19 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.socketio.max_payload, 1_000_000);
         assert_eq!(c.max_message_bytes, 8192);
-        assert_eq!(c.socketio.rate_limit, RateLimit { per_second: 50.0, burst: 200 });
+        assert_eq!(
+            c.socketio.rate_limit,
+            RateLimit {
+                per_second: 50.0,
+                burst: 200
+            }
+        );
         assert_eq!(
             c.socketio.namespaces,
-            vec![("/".to_owned(), ProfileName::Alt), ("/chat".to_owned(), ProfileName::Chat)]
+            vec![
+                ("/".to_owned(), ProfileName::Alt),
+                ("/chat".to_owned(), ProfileName::Chat)
+            ]
         );
         assert!(c.auth.loopback_trusted);
         Ok(())
@@ -724,7 +751,10 @@ mod tests {
             ("--access", opts(|o| o.access = Some("everyone".into()))),
             ("--max-payload", opts(|o| o.max_payload = Some("lots".into()))),
             ("--rate-limit", opts(|o| o.rate_limit = Some("fast".into()))),
-            ("--socketio-profile", opts(|o| o.socketio_profile = Some("/=xyz".into()))),
+            (
+                "--socketio-profile",
+                opts(|o| o.socketio_profile = Some("/=xyz".into())),
+            ),
             ("--cors-origins", opts(|o| o.cors_origins = Some("example.com".into()))),
             ("--presence-ttl", opts(|o| o.presence_ttl = Some("soon".into()))),
             ("--jwt-secret", opts(|o| o.jwt_secret = Some(String::new()))),
@@ -738,20 +768,38 @@ mod tests {
 
     #[test]
     fn no_auth_is_refused_naming_the_flags() {
-        let err = config(opts(|o| o.jwt_secret = None)).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = config(opts(|o| o.jwt_secret = None))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("--jwt-secret") && err.contains("--dev"), "{err}");
     }
 
     #[test]
     fn members_mode_is_refused_until_storage_exists() {
-        let err = config(opts(|o| o.access = None)).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = config(opts(|o| o.access = None))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("--access members"), "{err}");
     }
 
     #[test]
     fn rate_limit_forms() -> Result<(), ConfigError> {
-        assert_eq!(parse_rate_limit("10/s")?, RateLimit { per_second: 10.0, burst: 10 });
-        assert_eq!(parse_rate_limit("120/m,burst=5")?, RateLimit { per_second: 2.0, burst: 5 });
+        assert_eq!(
+            parse_rate_limit("10/s")?,
+            RateLimit {
+                per_second: 10.0,
+                burst: 10
+            }
+        );
+        assert_eq!(
+            parse_rate_limit("120/m,burst=5")?,
+            RateLimit {
+                per_second: 2.0,
+                burst: 5
+            }
+        );
         assert!(parse_rate_limit("0/s").is_err());
         Ok(())
     }
@@ -761,7 +809,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let file = dir.join("switchboard.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:4000\"\nmax-outbound-queue = 64\naccess = \"claims\"\n")?;
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:4000\"\nmax-outbound-queue = 64\naccess = \"claims\"\n",
+        )?;
         let o = opts(|o| {
             o.config = Some(file.clone());
             o.access = Some("open".into());
@@ -773,7 +824,10 @@ mod tests {
         assert_eq!(c.access, AccessMode::Open);
 
         std::fs::write(&file, "listne = \"x\"\n")?;
-        let err = opts(|o| o.config = Some(file.clone())).layered().err().map(|e| e.to_string());
+        let err = opts(|o| o.config = Some(file.clone()))
+            .layered()
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("listne")));
         std::fs::remove_dir_all(&dir)?;
         Ok(())

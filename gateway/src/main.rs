@@ -39,7 +39,9 @@ fn serve(options: &Options) -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(&format!("invalid value for --log: {e}")),
     };
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),

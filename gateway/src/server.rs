@@ -32,44 +32,77 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// A node's components, wired and ready to serve.
+pub struct Node {
+    /// The HTTP application (REST and Socket.IO).
+    pub router: axum::Router,
+    /// Shared REST state, readiness included.
+    pub state: Arc<AppState>,
+    socketio: Arc<SocketIoAdapter>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Node {
+    /// Wires a node from its configuration: bus, presence, domain, adapters, routes.
+    pub fn build(config: &Config) -> Result<Node, ServeError> {
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let fanout = Arc::new(LocalFanout::default());
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(fanout.clone()));
+        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(config.node_id.clone()));
+        let domain = Arc::new(Domain::new(
+            Access::new(config.access),
+            bus,
+            presence,
+            config.offline_grace,
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+        let (sio_layer, socketio) = SocketIoAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
+        fanout.register(socketio.clone());
+
+        let jwt = config
+            .auth
+            .jwt
+            .clone()
+            .ok_or_else(|| ServeError::Startup("no JWT settings".into()))?;
+        let state = Arc::new(AppState {
+            domain,
+            jwt,
+            api_key: config.auth.api_key.clone(),
+            loopback_trusted: config.auth.loopback_trusted,
+            readiness: Readiness::default(),
+        });
+        let max_body = usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX);
+        let router = http::router(state.clone(), sio_layer, &config.cors, max_body);
+        Ok(Node {
+            router,
+            state,
+            socketio,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
 /// Runs a node until SIGTERM or Ctrl-C, then drains within `--shutdown-grace`.
 pub async fn run(config: Config) -> Result<(), ServeError> {
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
+    let Node {
+        router,
+        state,
+        socketio,
+        shutdown,
+        tasks,
+    } = Node::build(&config)?;
 
-    let fanout = Arc::new(LocalFanout::default());
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(fanout.clone()));
-    let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(config.node_id.clone()));
-    let domain = Arc::new(Domain::new(
-        Access::new(config.access),
-        bus,
-        presence,
-        config.offline_grace,
-        tasks.clone(),
-        shutdown.clone(),
-    ));
-    let (sio_layer, socketio) = SocketIoAdapter::build(&config, domain.clone()).map_err(ServeError::Startup)?;
-    fanout.register(socketio.clone());
-
-    let jwt = config
-        .auth
-        .jwt
-        .clone()
-        .ok_or_else(|| ServeError::Startup("no JWT settings".into()))?;
-    let state = Arc::new(AppState {
-        domain,
-        jwt,
-        api_key: config.auth.api_key.clone(),
-        loopback_trusted: config.auth.loopback_trusted,
-        readiness: Readiness::default(),
-    });
-    let max_body = usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX);
-    let app = http::router(state.clone(), sio_layer, &config.cors, max_body);
-
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let addr = listener.local_addr()?;
     announce(addr, &config);
     tracing::info!(%addr, node = %config.node_id, "listening");
@@ -95,7 +128,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(drain)
         .await?;
 
@@ -114,7 +147,14 @@ fn announce(addr: SocketAddr, config: &Config) {
         .auth
         .jwt
         .as_ref()
-        .and_then(|j| j.sign("dev-user", std::time::Duration::from_secs(24 * 3600), Default::default()).ok())
+        .and_then(|j| {
+            j.sign(
+                "dev-user",
+                std::time::Duration::from_secs(24 * 3600),
+                Default::default(),
+            )
+            .ok()
+        })
         .unwrap_or_default();
     println!(
         "\nDevelopment mode (credentials kept in {file}):\n\

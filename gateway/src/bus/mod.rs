@@ -99,7 +99,12 @@ impl Subscriptions {
 
     /// Whether the node has a local member of `topic`.
     pub(crate) fn contains(&self, topic: &Topic) -> bool {
-        *topic == Topic::All || self.counts.lock().unwrap_or_else(PoisonError::into_inner).contains_key(topic)
+        *topic == Topic::All
+            || self
+                .counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(topic)
     }
 }
 

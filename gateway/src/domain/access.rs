@@ -31,7 +31,9 @@ impl Access {
         if allowed {
             Ok(())
         } else {
-            Err(DomainError::Forbidden(format!("no access to conversation {conversation}")))
+            Err(DomainError::Forbidden(format!(
+                "no access to conversation {conversation}"
+            )))
         }
     }
 }

@@ -128,7 +128,10 @@ impl Domain {
             }
         };
         for conversation in &gone.joined {
-            self.bus.unsubscribe(&Topic::Conversation(conversation.clone())).await.ok();
+            self.bus
+                .unsubscribe(&Topic::Conversation(conversation.clone()))
+                .await
+                .ok();
         }
         for conversation in gone.left {
             self.member_left(conversation, gone.user.clone()).await;
@@ -166,7 +169,9 @@ impl Domain {
                     last_seen: last_seen.or_else(|| Some(Utc::now())),
                 });
                 for contact in contacts {
-                    bus.publish(Delivery::to(Topic::User(contact), event.clone())).await.ok();
+                    bus.publish(Delivery::to(Topic::User(contact), event.clone()))
+                        .await
+                        .ok();
                 }
             }
             .instrument(span),
@@ -174,7 +179,12 @@ impl Domain {
     }
 
     /// Joins a connection to a conversation so it receives its events.
-    pub async fn join(&self, conn: &ConnId, who: &Identity, conversation: &ConversationId) -> Result<Joined, DomainError> {
+    pub async fn join(
+        &self,
+        conn: &ConnId,
+        who: &Identity,
+        conversation: &ConversationId,
+    ) -> Result<Joined, DomainError> {
         self.access.check(who, conversation)?;
         let topic = Topic::Conversation(conversation.clone());
         // Subscribe first so no event published right after the join is missed.
@@ -206,7 +216,10 @@ impl Domain {
     pub async fn leave(&self, conn: &ConnId, who: &Identity, conversation: &ConversationId) -> Result<(), DomainError> {
         let change = self.presence.leave(conn, conversation).await?;
         if change.connection {
-            self.bus.unsubscribe(&Topic::Conversation(conversation.clone())).await.ok();
+            self.bus
+                .unsubscribe(&Topic::Conversation(conversation.clone()))
+                .await
+                .ok();
         }
         if change.user {
             self.member_left(conversation.clone(), who.user_id.clone()).await;
@@ -227,7 +240,12 @@ impl Domain {
     }
 
     /// A typing start or stop, shown to the others in the conversation.
-    pub async fn typing(&self, who: &Identity, conversation: &ConversationId, is_typing: bool) -> Result<(), DomainError> {
+    pub async fn typing(
+        &self,
+        who: &Identity,
+        conversation: &ConversationId,
+        is_typing: bool,
+    ) -> Result<(), DomainError> {
         self.access.check(who, conversation)?;
         if is_typing {
             self.typing.start(conversation.clone(), who.user_id.clone());
@@ -258,7 +276,9 @@ impl Domain {
 
     async fn tell_contacts(&self, user: &UserId, event: Event) -> Result<(), DomainError> {
         for contact in self.presence.contacts(user).await? {
-            self.bus.publish(Delivery::to(Topic::User(contact), event.clone())).await?;
+            self.bus
+                .publish(Delivery::to(Topic::User(contact), event.clone()))
+                .await?;
         }
         Ok(())
     }
@@ -279,7 +299,10 @@ impl Domain {
     pub async fn send_to_user(&self, user: &UserId, event: String, data: serde_json::Value) -> Result<(), DomainError> {
         self.require_connected(user).await?;
         self.bus
-            .publish(Delivery::to(Topic::User(user.clone()), Event::Direct(Direct { event, data })))
+            .publish(Delivery::to(
+                Topic::User(user.clone()),
+                Event::Direct(Direct { event, data }),
+            ))
             .await?;
         Ok(())
     }
@@ -316,7 +339,9 @@ impl Domain {
         data: serde_json::Value,
     ) -> Result<(), DomainError> {
         let topic = Topic::Conversation(conversation.clone());
-        self.bus.publish(Delivery::to(topic, Event::Direct(Direct { event, data }))).await?;
+        self.bus
+            .publish(Delivery::to(topic, Event::Direct(Direct { event, data })))
+            .await?;
         Ok(())
     }
 

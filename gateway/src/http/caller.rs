@@ -25,7 +25,9 @@ impl Caller {
     pub fn require_server(&self) -> Result<(), ApiError> {
         match self {
             Caller::Server => Ok(()),
-            Caller::User(_) => Err(DomainError::Forbidden("this route needs the API key or an admin token".into()).into()),
+            Caller::User(_) => {
+                Err(DomainError::Forbidden("this route needs the API key or an admin token".into()).into())
+            }
         }
     }
 
@@ -54,7 +56,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             if state.loopback_trusted && loopback {
                 return Ok(Caller::Server);
             }
-            return Err(DomainError::Unauthorized("missing credentials: send the API key or a user token".into()).into());
+            return Err(
+                DomainError::Unauthorized("missing credentials: send the API key or a user token".into()).into(),
+            );
         };
         if let Some(key) = &state.api_key
             && bool::from(key.as_bytes().ct_eq(credential.as_bytes()))

@@ -352,7 +352,10 @@ mod tests {
         let d = p.disconnect(&"a1".into()).await?;
         assert_eq!(d.map(|d| d.last_connection), Some(false));
         let d = p.disconnect(&"a2".into()).await?;
-        assert_eq!(d.as_ref().map(|d| d.left.clone()), Some(vec![ConversationId::from("c")]));
+        assert_eq!(
+            d.as_ref().map(|d| d.left.clone()),
+            Some(vec![ConversationId::from("c")])
+        );
         assert!(p.conversation_online(&"c".into()).await?.is_empty());
         // Back within the grace: not a new arrival, and settling finds them present.
         assert!(!p.connect(entry("a3", "alice", &[])).await?);
@@ -372,11 +375,17 @@ mod tests {
         p.connect(entry("c", "carol", &[])).await?;
         p.join(&"c".into(), &"room".into()).await?;
         p.join(&"a".into(), &"room".into()).await?;
-        assert_eq!(p.contacts(&"alice".into()).await?, vec![UserId::from("bob"), UserId::from("carol")]);
+        assert_eq!(
+            p.contacts(&"alice".into()).await?,
+            vec![UserId::from("bob"), UserId::from("carol")]
+        );
         assert_eq!(p.contacts(&"bob".into()).await?, vec![UserId::from("alice")]);
         p.set_status(&"alice".into(), Status::Offline).await?;
         assert!(!p.user(&"alice".into()).await?.online);
-        assert_eq!(p.conversation_online(&"room".into()).await?, vec![UserId::from("carol")]);
+        assert_eq!(
+            p.conversation_online(&"room".into()).await?,
+            vec![UserId::from("carol")]
+        );
         let page = p.online_users(None, 1).await?;
         assert_eq!(page.users, vec![UserId::from("bob")]);
         let next = p.online_users(page.next_cursor.as_deref(), 1).await?;

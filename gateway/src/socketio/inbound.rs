@@ -84,7 +84,13 @@ mod tests {
 
     #[test]
     fn conversation_ids_in_every_accepted_shape() {
-        for v in [json!({"roomId": "7"}), json!({"conversationId": 7}), json!({"bamId": "7"}), json!(7), json!("7")] {
+        for v in [
+            json!({"roomId": "7"}),
+            json!({"conversationId": 7}),
+            json!({"bamId": "7"}),
+            json!(7),
+            json!("7"),
+        ] {
             assert_eq!(conversation(&v).ok(), Some(ConversationId::from("7")), "{v}");
         }
     }

@@ -307,7 +307,11 @@ async fn authenticate(s: SocketRef, State(ctx): State<Arc<Ctx>>, TryData(auth): 
         on_event(&s, name, *command);
     }
     s.on_fallback(
-        |s: SocketRef, State(ctx): State<Arc<Ctx>>, ack: AckSender, ev: socketioxide::extract::Event, inbound: Inbound| async move {
+        |s: SocketRef,
+         State(ctx): State<Arc<Ctx>>,
+         ack: AckSender,
+         ev: socketioxide::extract::Event,
+         inbound: Inbound| async move {
             let err = DomainError::BadRequest(format!("unknown event '{}'", ev.0));
             reply(&s, ctx.profile(s.ns()), &ev.0, ack, inbound.wants_ack, Err(err));
         },
@@ -316,7 +320,9 @@ async fn authenticate(s: SocketRef, State(ctx): State<Arc<Ctx>>, TryData(auth): 
         let conn = s.extensions.get::<Arc<Conn>>();
         let ticket = conn.as_ref().map(|c| c.order.ticket());
         async move {
-            let (Some(conn), Some(mut ticket)) = (conn, ticket) else { return };
+            let (Some(conn), Some(mut ticket)) = (conn, ticket) else {
+                return;
+            };
             ticket.wait().await;
             tracing::debug!(conn = %conn.id, ?reason, "disconnected");
             ctx.domain.disconnect(&conn.id).await;
@@ -359,7 +365,9 @@ fn on_event(s: &SocketRef, name: &'static str, command: Command) {
             let ticket = conn.as_ref().map(|c| c.order.ticket());
             let allowed = conn.as_ref().is_some_and(|c| c.rate.allow());
             async move {
-                let (Some(conn), Some(mut ticket)) = (conn, ticket) else { return };
+                let (Some(conn), Some(mut ticket)) = (conn, ticket) else {
+                    return;
+                };
                 ticket.wait().await;
                 let span = tracing::info_span!("sio_event", event = name, conn = %conn.id);
                 let profile = ctx.profile(s.ns());
@@ -386,7 +394,14 @@ fn on_event(s: &SocketRef, name: &'static str, command: Command) {
 
 /// The one place a command's outcome becomes what the client sees: an ack when it asked
 /// for one, otherwise an `error` event for failures.
-fn reply(s: &SocketRef, profile: &Profile, event: &str, ack: AckSender, wants_ack: bool, result: Result<Reply, DomainError>) {
+fn reply(
+    s: &SocketRef,
+    profile: &Profile,
+    event: &str,
+    ack: AckSender,
+    wants_ack: bool,
+    result: Result<Reply, DomainError>,
+) {
     let sent = match (result, wants_ack) {
         (Ok(body), true) => ack.send(&Success { success: true, body }).map_err(|e| e.to_string()),
         (Ok(_), false) => Ok(()),
@@ -416,7 +431,13 @@ fn reply(s: &SocketRef, profile: &Profile, event: &str, ack: AckSender, wants_ac
     }
 }
 
-async fn dispatch(ctx: &Ctx, s: &SocketRef, conn: &Conn, command: Command, payload: Value) -> Result<Reply, DomainError> {
+async fn dispatch(
+    ctx: &Ctx,
+    s: &SocketRef,
+    conn: &Conn,
+    command: Command,
+    payload: Value,
+) -> Result<Reply, DomainError> {
     let who = match command {
         Command::Register => return register(ctx, s, conn, &payload).await,
         _ => conn

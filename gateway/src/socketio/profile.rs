@@ -139,7 +139,9 @@ mod tests {
             status: Status::Online,
             last_seen: None,
         });
-        let rendered = BAM.render(&online).map(|(n, p)| (n.to_owned(), serde_json::to_value(p).ok()));
+        let rendered = BAM
+            .render(&online)
+            .map(|(n, p)| (n.to_owned(), serde_json::to_value(p).ok()));
         assert_eq!(
             rendered,
             Some((
