@@ -45,14 +45,22 @@ async fn call(node: &Node, method: &str, uri: &str, auth: Option<&str>, body: Op
         Err(e) => match e {},
     };
     let status = res.status();
-    let bytes = res.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 #[tokio::test]
 async fn health_and_readiness() -> TestResult {
     let node = Node::build(&config()?)?;
-    assert_eq!(call(&node, "GET", "/health", None, None).await, (StatusCode::OK, json!({"status": "ok"})));
+    assert_eq!(
+        call(&node, "GET", "/health", None, None).await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
     assert_eq!(call(&node, "GET", "/ready", None, None).await.0, StatusCode::OK);
     node.state.readiness.start_draining();
     let (status, body) = call(&node, "GET", "/ready", None, None).await;
@@ -70,27 +78,51 @@ async fn credentials_decide_rights() -> TestResult {
     let broadcast = Some(r#"{"message": "hi"}"#);
 
     let (status, body) = call(&node, "GET", "/api/users", None, None).await;
-    assert_eq!((status, body["code"].clone()), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("unauthorized"))
+    );
     let (status, body) = call(&node, "GET", "/api/users", Some("wrong"), None).await;
-    assert_eq!((status, body["code"].clone()), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("unauthorized"))
+    );
     let (status, body) = call(&node, "GET", "/api/users", Some("route-key"), None).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"users": [], "nextCursor": null})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"users": [], "nextCursor": null}))
+    );
 
     let (status, body) = call(&node, "POST", "/api/users/broadcast", Some(&user), broadcast).await;
-    assert_eq!((status, body["code"].clone()), (StatusCode::FORBIDDEN, json!("forbidden")));
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::FORBIDDEN, json!("forbidden"))
+    );
     let (status, body) = call(&node, "POST", "/api/users/broadcast", Some(&admin), broadcast).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"status": "Message broadcasted"})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"status": "Message broadcasted"}))
+    );
 
     // A user may read stats and presence, and online lists only where the token allows.
-    assert_eq!(call(&node, "GET", "/api/stats", Some(&user), None).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&node, "GET", "/api/stats", Some(&user), None).await.0,
+        StatusCode::OK
+    );
     let (status, body) = call(&node, "GET", "/websocket/presence/bob", Some(&user), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["online"], false);
     let (status, body) = call(&node, "GET", "/api/conversations/c1/online", Some(&user), None).await;
-    assert_eq!((status, body["code"].clone()), (StatusCode::FORBIDDEN, json!("forbidden")));
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::FORBIDDEN, json!("forbidden"))
+    );
     let member = token(&config, "carol", json!({"conversations": ["c*"]}))?;
     let (status, body) = call(&node, "GET", "/websocket/bam/c1/online", Some(&member), None).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"conversationId": "c1", "onlineUsers": []})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"conversationId": "c1", "onlineUsers": []}))
+    );
     Ok(())
 }
 
@@ -99,19 +131,71 @@ async fn errors_are_json_with_a_code() -> TestResult {
     let node = Node::build(&config()?)?;
     let key = Some("route-key");
     let cases = [
-        ("POST", "/api/users/nobody/message", Some(r#"{"message": "hi"}"#), StatusCode::NOT_FOUND, "not_found"),
-        ("POST", "/api/users/nobody/message", Some("{not json"), StatusCode::BAD_REQUEST, "bad_request"),
-        ("POST", "/api/users/nobody/message", Some(r#"{"msg": 1}"#), StatusCode::BAD_REQUEST, "bad_request"),
-        ("POST", "/api/notify", Some(r#"{"userId": {"a": 1}}"#), StatusCode::BAD_REQUEST, "bad_request"),
-        ("POST", "/api/notify", Some(r#"{"userId": "nobody"}"#), StatusCode::NOT_FOUND, "not_found"),
-        ("POST", "/api/conversations/c1/emit", Some(r#"{"data": 1}"#), StatusCode::BAD_REQUEST, "bad_request"),
-        ("POST", "/websocket/broadcast", Some(r#"{"event": "connect", "data": 1}"#), StatusCode::BAD_REQUEST, "bad_request"),
-        ("GET", "/api/users?limit=lots", None, StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            "POST",
+            "/api/users/nobody/message",
+            Some(r#"{"message": "hi"}"#),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/users/nobody/message",
+            Some("{not json"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/users/nobody/message",
+            Some(r#"{"msg": 1}"#),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/notify",
+            Some(r#"{"userId": {"a": 1}}"#),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/notify",
+            Some(r#"{"userId": "nobody"}"#),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/conversations/c1/emit",
+            Some(r#"{"data": 1}"#),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/websocket/broadcast",
+            Some(r#"{"event": "connect", "data": 1}"#),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/users?limit=lots",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
         ("GET", "/no/such/route", None, StatusCode::NOT_FOUND, "not_found"),
     ];
     for (method, uri, body, status, code) in cases {
         let (got, json) = call(&node, method, uri, key, body).await;
-        assert_eq!((got, json["code"].as_str()), (status, Some(code)), "{method} {uri}: {json}");
+        assert_eq!(
+            (got, json["code"].as_str()),
+            (status, Some(code)),
+            "{method} {uri}: {json}"
+        );
         assert!(json["error"].is_string(), "{method} {uri}: {json}");
     }
     let (status, body) = call(&node, "GET", "/api/users/nobody/message", key, None).await;
@@ -119,8 +203,22 @@ async fn errors_are_json_with_a_code() -> TestResult {
 
     let big = format!(r#"{{"message": "{}"}}"#, "x".repeat(8 * 1024));
     let (status, json) = call(&node, "POST", "/api/users/broadcast", key, Some(&big)).await;
-    assert_eq!((status, json["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
-    let (status, json) = call(&node, "POST", "/api/users/nobody/message", key, Some(r#"{"message": 1}"#)).await;
-    assert_eq!(json, json!({"error": "User not connected", "code": "not_found"}), "{status}");
+    assert_eq!(
+        (status, json["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+    let (status, json) = call(
+        &node,
+        "POST",
+        "/api/users/nobody/message",
+        key,
+        Some(r#"{"message": 1}"#),
+    )
+    .await;
+    assert_eq!(
+        json,
+        json!({"error": "User not connected", "code": "not_found"}),
+        "{status}"
+    );
     Ok(())
 }
