@@ -128,12 +128,15 @@ impl JwtSettings {
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let (key, alg) = self.keys.verify.as_ref().ok_or(AuthError::BadSignature)?;
         let mut v = Validation::new(*alg);
-        v.leeway = self.leeway.as_secs();
+        v.leeway = self.leeway.as_secs_f64().ceil() as u64;
         // Tokens of the seed systems often carry no `exp`; it is checked whenever present.
         v.required_spec_claims.clear();
         v.validate_nbf = true;
         match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                v.required_spec_claims.insert("aud".into());
+            }
             None => v.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
@@ -144,6 +147,7 @@ impl JwtSettings {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthError::BadSignature,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::WrongAudience,
             ErrorKind::InvalidIssuer | ErrorKind::MissingRequiredClaim(_) => AuthError::WrongIssuer,
             ErrorKind::InvalidAudience => AuthError::WrongAudience,
             _ => AuthError::Malformed,

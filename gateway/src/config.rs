@@ -4,6 +4,7 @@
 
 use crate::auth::{JwtKeys, JwtSettings};
 use crate::dev::DevCredentials;
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -106,6 +107,11 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
 
+    /// Prefix of every Redis key and channel, to share one Redis between deployments [default: switchboard]
+    #[arg(long, global = true, env = "SWITCHBOARD_REDIS_PREFIX", value_name = "PREFIX")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_prefix: Option<String>,
+
     /// Database for conversations and messages [default: sqlite://switchboard.db]
     #[arg(long, global = true, env = "SWITCHBOARD_DATABASE_URL", value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,19 +168,19 @@ pub struct Options {
     pub access: Option<String>,
 
     /// Let unauthenticated Socket.IO connections `register` a user id (trusted networks only) [default: off]
-    #[arg(long, global = true, env = "SWITCHBOARD_ALLOW_REGISTER")]
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub allow_register: bool,
+    #[arg(long, global = true, env = "SWITCHBOARD_ALLOW_REGISTER", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_register: Option<bool>,
 
     /// Development mode: generated credentials, open access, register allowed, CORS * [default: off]
-    #[arg(long, global = true, env = "SWITCHBOARD_DEV")]
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub dev: bool,
+    #[arg(long, global = true, env = "SWITCHBOARD_DEV", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<bool>,
 
     /// In --dev, allow listening on a non-loopback address [default: off]
-    #[arg(long, global = true, env = "SWITCHBOARD_DEV_ALLOW_REMOTE")]
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub dev_allow_remote: bool,
+    #[arg(long, global = true, env = "SWITCHBOARD_DEV_ALLOW_REMOTE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_allow_remote: Option<bool>,
 
     /// This node's id in the cluster [default: hostname + random suffix]
     #[arg(long, global = true, env = "SWITCHBOARD_NODE_ID", value_name = "ID")]
@@ -186,8 +192,8 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub presence_ttl: Option<String>,
 
-    /// How long a user stays announced online after their last connection closes, so that a
-    /// page reload sends neither offline nor online [default: 3s]
+    /// Delay before `user offline` is announced after a user's last connection closes, so that
+    /// a page reload sends neither offline nor online (lists show the user offline at once) [default: 3s]
     #[arg(long, global = true, env = "SWITCHBOARD_OFFLINE_GRACE", value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub offline_grace: Option<String>,
@@ -242,10 +248,6 @@ pub struct Options {
     #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", value_name = "FORMAT")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// Accepts a string or a number in the TOML file (`max-outbound-queue = 1024`).
@@ -364,6 +366,15 @@ pub struct SocketIoSettings {
     pub rate_limit: RateLimit,
 }
 
+/// Cluster mode.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL, with password if any.
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+}
+
 /// The whole, validated configuration of a node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -371,6 +382,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// This node's id.
     pub node_id: NodeId,
+    /// Cluster mode; `None` for a single node.
+    pub redis: Option<RedisSettings>,
     /// Authentication.
     pub auth: AuthConfig,
     /// Access rule for conversations.
@@ -408,15 +421,20 @@ impl Config {
             .parse()
             .map_err(|_| invalid("listen", "expected IP:PORT, e.g. 127.0.0.1:3000"))?;
 
-        if let Some(url) = &o.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(invalid("redis-url", "expected a redis:// or rediss:// URL"));
+        let redis = match &o.redis_url {
+            None => None,
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                let prefix = o.redis_prefix.clone().unwrap_or_else(|| "switchboard".into());
+                if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+                    return Err(invalid("redis-prefix", "must be non-empty, without spaces"));
+                }
+                Some(RedisSettings {
+                    url: url.clone(),
+                    prefix,
+                })
             }
-            return Err(ConfigError::Refused(
-                "--redis-url: cluster mode is not available in this version yet; run without it for a single node"
-                    .into(),
-            ));
-        }
+            Some(_) => return Err(invalid("redis-url", "expected a redis:// or rediss:// URL")),
+        };
         if let Some(url) = &o.database_url
             && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -431,8 +449,9 @@ impl Config {
             ));
         }
 
-        let dev = if o.dev {
-            if !listen.ip().is_loopback() && !o.dev_allow_remote {
+        let dev_mode = o.dev.unwrap_or(false);
+        let dev = if dev_mode {
+            if !listen.ip().is_loopback() && !o.dev_allow_remote.unwrap_or(false) {
                 return Err(invalid(
                     "listen",
                     format!("--dev refuses to listen on non-loopback {listen}; add --dev-allow-remote if you mean it"),
@@ -456,7 +475,7 @@ impl Config {
             return Err(invalid("api-key", "must not be empty"));
         }
 
-        let access = match (o.access.as_deref(), o.dev) {
+        let access = match (o.access.as_deref(), dev_mode) {
             (None, true) => AccessMode::Open,
             (None, false) => AccessMode::Members,
             (Some(s), _) => parse_access(s)?,
@@ -468,7 +487,7 @@ impl Config {
         }
 
         let cors = match o.cors_origins.as_deref() {
-            None if o.dev => CorsOrigins::Any,
+            None if dev_mode => CorsOrigins::Any,
             None => CorsOrigins::None,
             Some(s) => parse_cors(s)?,
         };
@@ -503,14 +522,19 @@ impl Config {
             other => return Err(invalid("log-format", format!("'{other}' is not text or json"))),
         };
 
+        let presence_ttl = parse_duration("presence-ttl", o.presence_ttl.as_deref().unwrap_or("30s"))?;
+        if presence_ttl < std::time::Duration::from_millis(300) {
+            return Err(invalid("presence-ttl", "must be at least 300ms"));
+        }
         Ok(Config {
             listen,
             node_id,
+            redis,
             auth: AuthConfig {
                 jwt,
-                loopback_trusted: o.dev || api_key.is_none(),
+                loopback_trusted: dev_mode || api_key.is_none(),
                 api_key,
-                allow_register: o.allow_register || o.dev,
+                allow_register: o.allow_register.unwrap_or(false) || dev_mode,
             },
             access,
             cors,
@@ -521,7 +545,7 @@ impl Config {
                 rate_limit,
             },
             max_message_bytes,
-            presence_ttl: parse_duration("presence-ttl", o.presence_ttl.as_deref().unwrap_or("30s"))?,
+            presence_ttl,
             offline_grace: parse_duration("offline-grace", o.offline_grace.as_deref().unwrap_or("3s"))?,
             shutdown_grace: parse_duration("shutdown-grace", o.shutdown_grace.as_deref().unwrap_or("30s"))?,
             dev,

@@ -9,7 +9,9 @@
 //! - [`domain`]: the rules — access, presence status, typing expiry, who hears about whom.
 //! - [`bus`]: carries domain events to every node with local members of a topic.
 //! - [`presence`]: who is connected where, with which status.
+//! - [`redis`]: the Redis connections a cluster node shares between bus and presence.
 //! - [`server`]: wiring, listening, draining on SIGTERM.
+//! - [`net`]: accepted connections the node can close itself, for the drain.
 //! - [`dev`]: the credentials `--dev` generates and keeps.
 
 pub mod auth;
@@ -18,6 +20,8 @@ pub mod config;
 pub mod dev;
 pub mod domain;
 pub mod http;
+pub mod net;
 pub mod presence;
+pub mod redis;
 pub mod server;
 pub mod socketio;

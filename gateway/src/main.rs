@@ -7,7 +7,20 @@ use gateway::dev::DevCredentials;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // clap's message spans several lines (tips, usage); the first names the problem.
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let options = match cli.options.layered() {
         Ok(o) => o,
         Err(e) => return fail(&e.to_string()),
@@ -57,7 +70,7 @@ fn serve(options: &Options) -> ExitCode {
 }
 
 fn token(options: &Options, args: &TokenArgs) -> Result<String, String> {
-    let dev = if options.dev {
+    let dev = if options.dev.unwrap_or(false) {
         let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
         Some(DevCredentials::load_or_create(&cwd).map_err(|e| format!("--dev: {e}"))?)
     } else {

@@ -1,17 +1,21 @@
 //! One node's life: wire the components, listen, serve, and drain on SIGTERM.
 
-use crate::bus::{Bus, LocalFanout, MemoryBus};
+use crate::bus::{Bus, LocalFanout, MemoryBus, RedisBus};
 use crate::config::Config;
 use crate::domain::{Access, Domain};
 use crate::http::{self, AppState, Readiness};
-use crate::presence::{MemoryPresence, Presence};
+use crate::net::{ClosableListener, ConnInfo};
+use crate::presence::{MemoryPresence, Presence, RedisPresence};
+use crate::redis::Redis;
 use crate::socketio::SocketIoAdapter;
-use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How long a starting node waits for Redis before giving up.
+const REDIS_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -39,19 +43,48 @@ pub struct Node {
     /// Shared REST state, readiness included.
     pub state: Arc<AppState>,
     socketio: Arc<SocketIoAdapter>,
+    redis: Option<Redis>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Node {
-    /// Wires a node from its configuration: bus, presence, domain, adapters, routes.
-    pub fn build(config: &Config) -> Result<Node, ServeError> {
+    /// Wires a node from its configuration: bus, presence, domain, adapters, routes. In
+    /// cluster mode this connects to Redis and registers the node.
+    pub async fn build(config: &Config) -> Result<Node, ServeError> {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
         let fanout = Arc::new(LocalFanout::default());
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(fanout.clone()));
-        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(config.node_id.clone()));
+        let (bus, presence, redis): (Arc<dyn Bus>, Arc<dyn Presence>, _) = match &config.redis {
+            None => (
+                Arc::new(MemoryBus::new(fanout.clone())),
+                Arc::new(MemoryPresence::new(config.node_id.clone())),
+                None,
+            ),
+            Some(settings) => {
+                let redis = Redis::connect(&settings.url, &settings.prefix, REDIS_STARTUP_WAIT)
+                    .await
+                    .map_err(|e| ServeError::Startup(e.to_string()))?;
+                let bus = RedisBus::start(
+                    redis.clone(),
+                    config.node_id.clone(),
+                    fanout.clone(),
+                    &tasks,
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(|e| ServeError::Startup(e.to_string()))?;
+                let presence = RedisPresence::start(redis.clone(), config.node_id.clone(), config.presence_ttl)
+                    .await
+                    .map_err(|e| ServeError::Startup(e.to_string()))?;
+                (
+                    bus as Arc<dyn Bus>,
+                    Arc::new(presence) as Arc<dyn Presence>,
+                    Some(redis),
+                )
+            }
+        };
         let domain = Arc::new(Domain::new(
             Access::new(config.access),
             bus,
@@ -73,7 +106,7 @@ impl Node {
             jwt,
             api_key: config.auth.api_key.clone(),
             loopback_trusted: config.auth.loopback_trusted,
-            readiness: Readiness::default(),
+            readiness: Readiness::new(redis.clone()),
         });
         let max_body = usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX);
         let router = http::router(state.clone(), sio_layer, &config.cors, max_body);
@@ -81,6 +114,7 @@ impl Node {
             router,
             state,
             socketio,
+            redis,
             shutdown,
             tasks,
         })
@@ -93,9 +127,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         router,
         state,
         socketio,
+        redis,
         shutdown,
         tasks,
-    } = Node::build(&config)?;
+    } = Node::build(&config).await?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -110,7 +145,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let grace = config.shutdown_grace;
     let drain = {
         let state = state.clone();
-        let socketio = socketio.clone();
+        let offline_grace = config.offline_grace;
+        let clustered = redis.is_some();
         async move {
             wait_for_signal().await;
             tracing::info!(?grace, "draining");
@@ -121,22 +157,37 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 tracing::warn!("shutdown grace exceeded, exiting");
                 std::process::exit(1);
             });
-            socketio.close().await;
+            // HTTP keeps serving meanwhile: load balancers see /ready 503 and move traffic.
+            socketio.drain(drain_window(grace)).await;
+            if clustered {
+                // Let the offline grace of the users just disconnected run out, so that those
+                // who did not come back elsewhere are announced, then leave the cluster.
+                tokio::time::sleep(offline_grace).await;
+                state.domain.depart().await;
+            }
         }
     };
-    // Small frames must leave at once: without NODELAY, back-to-back frames stall ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(drain)
-        .await?;
+    axum::serve(
+        ClosableListener::new(listener),
+        router.into_make_service_with_connect_info::<ConnInfo>(),
+    )
+    .with_graceful_shutdown(drain)
+    .await?;
 
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    if let Some(redis) = redis {
+        redis.quit().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a drain spreads the closing of client transports: a few seconds, well inside
+/// the shutdown grace.
+fn drain_window(grace: std::time::Duration) -> std::time::Duration {
+    (grace / 4).min(std::time::Duration::from_secs(5))
 }
 
 /// The one stdout line scripts wait for, and in --dev how to connect.

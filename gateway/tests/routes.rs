@@ -56,7 +56,7 @@ async fn call(node: &Node, method: &str, uri: &str, auth: Option<&str>, body: Op
 
 #[tokio::test]
 async fn health_and_readiness() -> TestResult {
-    let node = Node::build(&config()?)?;
+    let node = Node::build(&config()?).await?;
     assert_eq!(
         call(&node, "GET", "/health", None, None).await,
         (StatusCode::OK, json!({"status": "ok"}))
@@ -72,7 +72,7 @@ async fn health_and_readiness() -> TestResult {
 #[tokio::test]
 async fn credentials_decide_rights() -> TestResult {
     let config = config()?;
-    let node = Node::build(&config)?;
+    let node = Node::build(&config).await?;
     let user = token(&config, "alice", json!({}))?;
     let admin = token(&config, "root", json!({"admin": true}))?;
     let broadcast = Some(r#"{"message": "hi"}"#);
@@ -128,7 +128,7 @@ async fn credentials_decide_rights() -> TestResult {
 
 #[tokio::test]
 async fn errors_are_json_with_a_code() -> TestResult {
-    let node = Node::build(&config()?)?;
+    let node = Node::build(&config()?).await?;
     let key = Some("route-key");
     let cases = [
         (
@@ -200,6 +200,7 @@ async fn errors_are_json_with_a_code() -> TestResult {
     }
     let (status, body) = call(&node, "GET", "/api/users/nobody/message", key, None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(body["code"], "bad_request");
 
     let big = format!(r#"{{"message": "{}"}}"#, "x".repeat(8 * 1024));
     let (status, json) = call(&node, "POST", "/api/users/broadcast", key, Some(&big)).await;

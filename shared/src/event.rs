@@ -139,3 +139,65 @@ pub struct UserRef {
     /// The user.
     pub user_id: UserId,
 }
+
+/// Version of the bus envelope format; a node drops envelopes of another version.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// One domain event as it travels between nodes, encoded with MessagePack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Format version ([`ENVELOPE_VERSION`]).
+    pub v: u8,
+    /// The node that published it (which delivered it to its own sockets already).
+    pub origin: crate::NodeId,
+    /// Publication time, milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// W3C trace context of the publishing span, when tracing is on.
+    pub trace: Option<String>,
+    /// The event and where it goes.
+    pub delivery: Delivery,
+}
+
+impl Envelope {
+    /// Encodes as MessagePack with field names, so that fields can be added compatibly.
+    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec_named(self)
+    }
+
+    /// Decodes an envelope; see [`Envelope::v`] for the version check.
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_with_arbitrary_json() -> Result<(), Box<dyn std::error::Error>> {
+        let events = [
+            Event::Direct(Direct {
+                event: "custom".into(),
+                data: serde_json::json!({"a": [1, 2.5, "x", null, {"b": true}]}),
+            }),
+            Event::Typing(Typing {
+                conversation_id: "c".into(),
+                user_id: "u".into(),
+                is_typing: true,
+            }),
+            Event::Disconnect(UserRef { user_id: "u".into() }),
+        ];
+        for event in events {
+            let envelope = Envelope {
+                v: ENVELOPE_VERSION,
+                origin: "n1".into(),
+                ts_ms: 1,
+                trace: None,
+                delivery: Delivery::to(Topic::User("u".into()), event).except("x".into()),
+            };
+            assert_eq!(Envelope::decode(&envelope.encode()?)?, envelope);
+        }
+        Ok(())
+    }
+}

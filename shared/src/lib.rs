@@ -11,6 +11,6 @@ pub mod ids;
 pub mod presence;
 
 pub use error::ErrorCode;
-pub use event::{Delivery, Event, Topic};
+pub use event::{Delivery, Envelope, Event, Topic};
 pub use ids::{ConnId, ConversationId, NodeId, UserId};
 pub use presence::Status;

@@ -9,8 +9,10 @@
 //! - Delivery is at most once: the database, not the bus, is the record.
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryBus;
+pub use redis::RedisBus;
 
 use async_trait::async_trait;
 use shared::{Delivery, Topic};
@@ -95,6 +97,16 @@ impl Subscriptions {
             }
             None => false,
         }
+    }
+
+    /// Every topic with a local member.
+    pub(crate) fn topics(&self) -> Vec<Topic> {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Whether the node has a local member of `topic`.

@@ -14,7 +14,7 @@ pub use typing::{TYPING_TIMEOUT, TypingTimers};
 
 use crate::auth::Identity;
 use crate::bus::Bus;
-use crate::presence::{ClusterStats, ConnectionEntry, Presence, UserPage, UserPresence};
+use crate::presence::{ClusterStats, ConnectionEntry, Departure, Presence, UserPage, UserPresence};
 use chrono::Utc;
 use shared::event::{Direct, Membership, Notification, PresenceInfo, Typing, UserRef};
 use shared::{ConnId, ConversationId, Delivery, Event, Status, Topic, UserId};
@@ -70,7 +70,7 @@ impl Domain {
         shutdown: CancellationToken,
     ) -> Self {
         let typing = TypingTimers::spawn(bus.clone(), shutdown.clone(), &tasks);
-        Self {
+        let domain = Self {
             access,
             bus,
             presence,
@@ -78,6 +78,24 @@ impl Domain {
             offline_grace,
             tasks,
             shutdown,
+        };
+        if let Some(every) = domain.presence.heartbeat_interval() {
+            domain.tasks.spawn(maintain(
+                domain.presence.clone(),
+                domain.bus.clone(),
+                every,
+                domain.shutdown.clone(),
+            ));
+        }
+        domain
+    }
+
+    /// Leaves the cluster politely once this node's connections are closed: its remaining
+    /// presence entries go, and the departures they cause are announced.
+    pub async fn depart(&self) {
+        match self.presence.depart().await {
+            Ok(departures) => announce(self.bus.as_ref(), departures).await,
+            Err(e) => tracing::warn!(error = %e, "presence entries left to expire with their TTL"),
         }
     }
 
@@ -146,14 +164,11 @@ impl Domain {
         let presence = self.presence.clone();
         let bus = self.bus.clone();
         let grace = self.offline_grace;
-        let shutdown = self.shutdown.clone();
         let span = tracing::debug_span!("offline_grace", user = %user);
+        // Not cancelled by shutdown: a draining node still settles its users' departures.
         self.tasks.spawn(
             async move {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(grace) => {}
-                }
+                tokio::time::sleep(grace).await;
                 let contacts = match presence.settle_offline(&user).await {
                     Ok(Some(contacts)) if announce => contacts,
                     Ok(_) => return,
@@ -229,14 +244,7 @@ impl Domain {
 
     async fn member_left(&self, conversation: ConversationId, user: UserId) {
         self.typing.finish(conversation.clone(), user.clone());
-        let event = Event::MemberLeft(Membership {
-            conversation_id: conversation.clone(),
-            user_id: user.clone(),
-        });
-        let delivery = Delivery::to(Topic::Conversation(conversation), event).except(user);
-        if let Err(e) = self.bus.publish(delivery).await {
-            tracing::debug!(error = %e, "member left not published");
-        }
+        publish_member_left(self.bus.as_ref(), conversation, user).await;
     }
 
     /// A typing start or stop, shown to the others in the conversation.
@@ -375,5 +383,59 @@ impl Domain {
     /// Per-node and total counts.
     pub async fn stats(&self) -> Result<ClusterStats, DomainError> {
         Ok(self.presence.stats().await?)
+    }
+}
+
+async fn publish_member_left(bus: &dyn Bus, conversation: ConversationId, user: UserId) {
+    let event = Event::MemberLeft(Membership {
+        conversation_id: conversation.clone(),
+        user_id: user.clone(),
+    });
+    let delivery = Delivery::to(Topic::Conversation(conversation), event).except(user);
+    if let Err(e) = bus.publish(delivery).await {
+        tracing::debug!(error = %e, "member left not published");
+    }
+}
+
+/// Announces departures found by the reaper: member-left, then user-offline to contacts.
+async fn announce(bus: &dyn Bus, departures: Vec<Departure>) {
+    for departure in departures {
+        for conversation in departure.left {
+            publish_member_left(bus, conversation, departure.user.clone()).await;
+        }
+        let Some(contacts) = departure.offline_contacts else {
+            continue;
+        };
+        let event = Event::UserOffline(PresenceInfo {
+            user_id: departure.user,
+            status: Status::Offline,
+            last_seen: Some(Utc::now()),
+        });
+        for contact in contacts {
+            bus.publish(Delivery::to(Topic::User(contact), event.clone()))
+                .await
+                .ok();
+        }
+    }
+}
+
+/// The presence heartbeat: keeps this node's entries alive and reaps dead nodes.
+async fn maintain(presence: Arc<dyn Presence>, bus: Arc<dyn Bus>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match presence.maintain().await {
+            Ok(departures) => {
+                if !departures.is_empty() {
+                    tracing::info!(departures = departures.len(), "reaped connections of dead nodes");
+                }
+                announce(bus.as_ref(), departures).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
+        }
     }
 }

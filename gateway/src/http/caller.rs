@@ -5,9 +5,9 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::Identity;
 use crate::domain::DomainError;
+use crate::net::ConnInfo;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -51,8 +51,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let Some(credential) = presented.filter(|c| !c.is_empty()) else {
             let loopback = parts
                 .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback());
+                .get::<ConnectInfo<ConnInfo>>()
+                .is_some_and(|ConnectInfo(conn)| conn.remote.ip().is_loopback());
             if state.loopback_trusted && loopback {
                 return Ok(Caller::Server);
             }

@@ -11,12 +11,13 @@ pub use error::ApiError;
 use crate::auth::JwtSettings;
 use crate::config::CorsOrigins;
 use crate::domain::{Domain, DomainError, MAX_PAGE, NotificationRequest};
+use crate::redis::Redis;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::{ConversationId, UserId};
@@ -40,19 +41,38 @@ const RESERVED_EVENTS: &[&str] = &[
 ];
 
 /// Whether the node takes new work.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Readiness {
     draining: AtomicBool,
+    redis: Option<Redis>,
 }
 
 impl Readiness {
+    /// Readiness that also requires `redis` to answer, in cluster mode.
+    pub fn new(redis: Option<Redis>) -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            redis,
+        }
+    }
+
     /// From now on `/ready` answers 503.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    fn reason(&self) -> Option<&'static str> {
-        self.draining.load(Ordering::SeqCst).then_some("draining")
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    async fn reason(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Some("draining");
+        }
+        match &self.redis {
+            Some(redis) if !redis.reachable().await => Some("redis unreachable"),
+            _ => None,
+        }
     }
 }
 
@@ -106,15 +126,41 @@ pub fn router(state: Arc<AppState>, socketio: SocketIoLayer, cors: &CorsOrigins,
         .route("/websocket/broadcast", post(broadcast_event))
         .route("/api/conversations/{id}/emit", post(emit))
         .fallback(not_found)
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(max_body))
         .layer(socketio)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_new_sessions_while_draining,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("request handler panicked");
             ApiError(DomainError::Internal).into_response()
         }))
         .layer(tower::util::option_layer(cors_layer(cors)))
         .layer(TraceLayer::new_for_http())
+}
+
+/// While draining, new Socket.IO sessions get 503 at the HTTP level, which clients treat as a
+/// lost connection and retry with backoff (behind a load balancer, on another node); existing
+/// sessions carry on until the drain closes them.
+async fn refuse_new_sessions_while_draining(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let new_session = request.uri().path().starts_with("/socket.io")
+        && !request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|kv| kv.starts_with("sid="));
+    if new_session && state.readiness.is_draining() {
+        return ApiError(DomainError::Unavailable("this node is draining".into())).into_response();
+    }
+    next.run(request).await
 }
 
 fn cors_layer(origins: &CorsOrigins) -> Option<CorsLayer> {
@@ -154,7 +200,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         status: &'static str,
         reason: &'static str,
     }
-    match state.readiness.reason() {
+    match state.readiness.reason().await {
         None => status("ready").into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -165,6 +211,12 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response = ApiError(DomainError::BadRequest("method not allowed on this route".into())).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
 }
 
 async fn not_found() -> ApiError {

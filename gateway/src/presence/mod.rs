@@ -14,13 +14,16 @@
 //!   not expand).
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryPresence;
+pub use redis::RedisPresence;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::{ConnId, ConversationId, NodeId, Status, UserId};
+use std::time::Duration;
 
 /// A presence failure: nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,17 @@ pub struct Change {
     pub connection: bool,
     /// The user's membership changed: their first joined connection arrived, or their last left.
     pub user: bool,
+}
+
+/// A user whose connections died with their node, found by the reaper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    /// The user.
+    pub user: UserId,
+    /// Conversations where that was the user's last joined connection.
+    pub left: Vec<ConversationId>,
+    /// When the user has no connection left anywhere and was visible: the contacts to tell.
+    pub offline_contacts: Option<Vec<UserId>>,
 }
 
 /// A user's presence as others see it.
@@ -148,4 +162,19 @@ pub trait Presence: Send + Sync + 'static {
     async fn conversation_online(&self, conversation: &ConversationId) -> Result<Vec<UserId>, PresenceError>;
     /// Per-node and total counts.
     async fn stats(&self) -> Result<ClusterStats, PresenceError>;
+    /// How often [`Presence::maintain`] must run; `None` when there is nothing to maintain.
+    fn heartbeat_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// Refreshes this node's heartbeat (registering its connections again if they were lost)
+    /// and reaps nodes whose heartbeat expired, returning the departures to announce. Each dead
+    /// node's departures are returned to exactly one caller in the cluster.
+    async fn maintain(&self) -> Result<Vec<Departure>, PresenceError> {
+        Ok(Vec::new())
+    }
+    /// Removes this node and whatever entries it still has (a polite exit), returning the
+    /// departures to announce.
+    async fn depart(&self) -> Result<Vec<Departure>, PresenceError> {
+        Ok(Vec::new())
+    }
 }

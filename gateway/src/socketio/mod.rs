@@ -11,6 +11,7 @@ use crate::auth::{Identity, JwtSettings};
 use crate::bus::LocalSink;
 use crate::config::{Config, RateLimit};
 use crate::domain::{Domain, DomainError, RateLimiter};
+use crate::net::{Closer, ConnInfo};
 use async_trait::async_trait;
 use futures::FutureExt;
 use serde::Serialize;
@@ -26,8 +27,12 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::Instrument;
+
+/// How many batches a drain closes client transports in.
+const DRAIN_BATCHES: usize = 10;
 
 /// Inbound events and the command each one is (PROTOCOL.md 2.2), aliases included.
 const INBOUND: &[(&str, Command)] = &[
@@ -90,6 +95,8 @@ struct Conn {
     identity: OnceLock<Identity>,
     rate: RateLimiter,
     order: Sequencer,
+    /// Closes the TCP connection the handshake came on (the transport, for WebSocket clients).
+    closer: Option<Closer>,
 }
 
 /// Runs a connection's events one after the other, in arrival order: socketioxide spawns a
@@ -237,8 +244,30 @@ impl SocketIoAdapter {
         Ok((layer, Arc::new(Self { io, namespaces })))
     }
 
-    /// Closes every connection's transport, so that clients reconnect elsewhere by themselves.
-    pub async fn close(&self) {
+    /// Closes every connection's transport, in batches spread over `window`, so that clients
+    /// reconnect elsewhere by themselves and not all at once. Connections whose transport is
+    /// not the handshake's TCP connection (long-polling, upgraded) are closed at the end.
+    pub async fn drain(&self, window: Duration) {
+        let mut closers: Vec<Closer> = Vec::new();
+        for (ns, _) in &self.namespaces {
+            let Some(ops) = self.io.of(ns) else { continue };
+            for socket in ops.sockets() {
+                if let Some(closer) = socket.extensions.get::<Arc<Conn>>().and_then(|c| c.closer.clone())
+                    && !closers.iter().any(|c| c.same(&closer))
+                {
+                    closers.push(closer);
+                }
+            }
+        }
+        let per_batch = closers.len().div_ceil(DRAIN_BATCHES).max(1);
+        let pause = window / DRAIN_BATCHES as u32;
+        tracing::info!(connections = closers.len(), per_batch, "closing client transports");
+        for batch in closers.chunks(per_batch) {
+            for closer in batch {
+                closer.close();
+            }
+            tokio::time::sleep(pause).await;
+        }
         self.io.close().await;
     }
 }
@@ -289,10 +318,16 @@ async fn authenticate(s: SocketRef, State(ctx): State<Arc<Ctx>>, TryData(auth): 
         None => return Err(Refused("unauthorized: missing token".into())),
     };
     let conn = Arc::new(Conn {
-        id: ConnId(format!("{}:{}", ctx.node_id, s.id)),
+        // One Engine.IO connection carries a socket per namespace, all with the same sid.
+        id: ConnId(format!("{}:{}:{}", ctx.node_id, s.ns(), s.id)),
         identity: OnceLock::new(),
         rate: RateLimiter::new(ctx.rate),
         order: Sequencer::default(),
+        closer: s
+            .req_parts()
+            .extensions
+            .get::<axum::extract::ConnectInfo<ConnInfo>>()
+            .map(|info| info.0.closer.clone()),
     });
     if let Some(who) = identity {
         s.join(user_room(&who.user_id));
@@ -311,9 +346,9 @@ async fn authenticate(s: SocketRef, State(ctx): State<Arc<Ctx>>, TryData(auth): 
          State(ctx): State<Arc<Ctx>>,
          ack: AckSender,
          ev: socketioxide::extract::Event,
-         inbound: Inbound| async move {
-            let err = DomainError::BadRequest(format!("unknown event '{}'", ev.0));
-            reply(&s, ctx.profile(s.ns()), &ev.0, ack, inbound.wants_ack, Err(err));
+         inbound: Inbound| {
+            let admitted = admit(&s);
+            handle(s, ctx, ack, inbound, admitted, ev.0.into(), None)
         },
     );
     s.on_disconnect(|s: SocketRef, State(ctx): State<Arc<Ctx>>, reason: DisconnectReason| {
@@ -360,36 +395,60 @@ fn on_event(s: &SocketRef, name: &'static str, command: Command) {
     s.on(
         name,
         move |s: SocketRef, State(ctx): State<Arc<Ctx>>, ack: AckSender, inbound: Inbound| {
-            // Synchronous part: runs in arrival order, so tickets and tokens are taken in order.
-            let conn = s.extensions.get::<Arc<Conn>>();
-            let ticket = conn.as_ref().map(|c| c.order.ticket());
-            let allowed = conn.as_ref().is_some_and(|c| c.rate.allow());
-            async move {
-                let (Some(conn), Some(mut ticket)) = (conn, ticket) else {
-                    return;
-                };
-                ticket.wait().await;
-                let span = tracing::info_span!("sio_event", event = name, conn = %conn.id);
-                let profile = ctx.profile(s.ns());
-                let result = if !allowed {
-                    Err(DomainError::RateLimited)
-                } else {
-                    match inbound.payload {
-                        Err(e) => Err(DomainError::BadRequest(format!("unreadable payload: {e}"))),
-                        Ok(payload) => AssertUnwindSafe(dispatch(&ctx, &s, &conn, command, payload))
-                            .catch_unwind()
-                            .instrument(span.clone())
-                            .await
-                            .unwrap_or_else(|_| {
-                                tracing::error!(parent: &span, "event handler panicked");
-                                Err(DomainError::Internal)
-                            }),
-                    }
-                };
-                reply(&s, profile, name, ack, inbound.wants_ack, result);
-            }
+            let admitted = admit(&s);
+            handle(s, ctx, ack, inbound, admitted, name.into(), Some(command))
         },
     );
+}
+
+/// An event admitted in arrival order: its connection, its place in line, and whether the
+/// rate limit let it through.
+struct Admitted {
+    conn: Option<Arc<Conn>>,
+    ticket: Option<Ticket>,
+    allowed: bool,
+}
+
+/// Runs synchronously as each event arrives, so tickets and tokens are taken in order.
+fn admit(s: &SocketRef) -> Admitted {
+    let conn = s.extensions.get::<Arc<Conn>>();
+    Admitted {
+        ticket: conn.as_ref().map(|c| c.order.ticket()),
+        allowed: conn.as_ref().is_some_and(|c| c.rate.allow()),
+        conn,
+    }
+}
+
+/// Runs one event after the previous one of its connection: rate limit, payload, command,
+/// panic guard, reply. `command` is `None` for an event name we do not know.
+async fn handle(
+    s: SocketRef,
+    ctx: Arc<Ctx>,
+    ack: AckSender,
+    inbound: Inbound,
+    admitted: Admitted,
+    name: std::borrow::Cow<'static, str>,
+    command: Option<Command>,
+) {
+    let (Some(conn), Some(mut ticket)) = (admitted.conn, admitted.ticket) else {
+        return;
+    };
+    ticket.wait().await;
+    let span = tracing::info_span!("sio_event", event = %name, conn = %conn.id);
+    let result = match (admitted.allowed, inbound.payload, command) {
+        (false, _, _) => Err(DomainError::RateLimited),
+        (true, _, None) => Err(DomainError::BadRequest(format!("unknown event '{name}'"))),
+        (true, Err(e), _) => Err(DomainError::BadRequest(format!("unreadable payload: {e}"))),
+        (true, Ok(payload), Some(command)) => AssertUnwindSafe(dispatch(&ctx, &s, &conn, command, payload))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(parent: &span, "event handler panicked");
+                Err(DomainError::Internal)
+            }),
+    };
+    reply(&s, ctx.profile(s.ns()), &name, ack, inbound.wants_ack, result);
 }
 
 /// The one place a command's outcome becomes what the client sees: an ack when it asked

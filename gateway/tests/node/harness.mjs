@@ -7,6 +7,7 @@
 // if a matching event is unread or arrives within the window.
 
 import { spawn } from 'node:child_process';
+import { createConnection, createServer } from 'node:net';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -31,6 +32,7 @@ const ACK_TIMEOUT_MS = 5_000;
 const LISTENING_RE = /listening on http:\/\/([0-9.]+:[0-9]+)/;
 
 const liveNodes = new Set();
+const liveRedis = new Set();
 const socketsByUrl = new Map();
 
 // Safety net: whatever a test file forgot, nothing it started outlives it.
@@ -38,9 +40,9 @@ after(async () => {
   await closeAll();
 });
 process.on('exit', () => {
-  for (const node of liveNodes) {
+  for (const p of [...[...liveNodes].map((n) => n.proc), ...[...liveRedis].map((r) => r.proc)]) {
     try {
-      node.proc.kill('SIGKILL');
+      p?.kill('SIGKILL');
     } catch {
       // already gone
     }
@@ -82,19 +84,26 @@ export async function startNode({ args = [], env = {}, cwd } = {}) {
     proc,
     cwd: dir,
     args: fullArgs,
+    /** Resolves with `{code, signal}` when the process exits. */
+    exited,
     output: () => `--- stdout ---\n${stdout}\n--- stderr ---\n${stderr}`,
-    stop: async () => {
-      liveNodes.delete(node);
-      closeSocketsOf(node.url);
-      if (proc.exitCode === null && proc.signalCode === null) {
-        proc.kill('SIGTERM');
-        const timer = setTimeout(() => proc.kill('SIGKILL'), STOP_GRACE_MS);
-        await exited;
-        clearTimeout(timer);
-      }
-      if (process.env.SWITCHBOARD_E2E_LOGS) process.stderr.write(`\n[switchboard ${fullArgs.join(' ')}]\n${node.output()}\n`);
-      if (ownDir) await rm(dir, { recursive: true, force: true });
+    stop: () => {
+      stopping ??= stopNow();
+      return stopping;
     },
+  };
+  let stopping = null;
+  const stopNow = async () => {
+    liveNodes.delete(node);
+    closeSocketsOf(node.url);
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGTERM');
+      const timer = setTimeout(() => proc.kill('SIGKILL'), STOP_GRACE_MS);
+      await exited;
+      clearTimeout(timer);
+    }
+    if (process.env.SWITCHBOARD_E2E_LOGS) process.stderr.write(`\n[switchboard ${fullArgs.join(' ')}]\n${node.output()}\n`);
+    if (ownDir) await rm(dir, { recursive: true, force: true });
   };
   liveNodes.add(node);
 
@@ -141,11 +150,12 @@ export async function startNode({ args = [], env = {}, cwd } = {}) {
   return node;
 }
 
-/** Closes every socket and stops every node this process started. */
+/** Closes every socket and stops every node and Redis this process started. */
 export async function closeAll() {
   for (const set of socketsByUrl.values()) for (const s of set) s.close();
   socketsByUrl.clear();
   await Promise.all([...liveNodes].map((n) => n.stop()));
+  await Promise.all([...liveRedis].map((r) => r.dispose()));
 }
 
 function closeSocketsOf(url) {
@@ -370,4 +380,195 @@ export function assertTimestamp(value, what = 'timestamp') {
     /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]00:00)$/.test(value) &&
     !Number.isNaN(Date.parse(value));
   if (!ok) throw new AssertionError({ message: `${what}: expected an RFC 3339 UTC string, got ${safeJson(value)}` });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster mode: a private redis-server and several nodes over it
+
+/** The `redis-server` binary the cluster tests start (scripts/test installs it). */
+export const REDIS_SERVER = process.env.REDIS_SERVER || 'redis-server';
+const REDIS_STARTUP_TIMEOUT_MS = 10_000;
+
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export function freePort() {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** One raw `PING` on a fresh connection: resolves true on `+PONG`, false on anything else. */
+function redisPing(port, timeoutMs = 1_000) {
+  return new Promise((resolvePing) => {
+    let buf = '';
+    let done = false;
+    const finish = (ok) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      sock.destroy();
+      resolvePing(ok);
+    };
+    const sock = createConnection({ host: '127.0.0.1', port });
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    sock.setEncoding('utf8');
+    sock.once('connect', () => sock.write('PING\r\n'));
+    sock.on('data', (chunk) => {
+      buf += chunk;
+      if (buf.includes('\r\n')) finish(buf.startsWith('+PONG'));
+    });
+    sock.once('error', () => finish(false));
+    sock.once('close', () => finish(false));
+  });
+}
+
+/**
+ * Starts a private `redis-server` on a free port of 127.0.0.1 (no persistence, its own temporary
+ * directory) and waits until it answers PING. With `t`, it is disposed of (killed, directory
+ * removed) when that test ends; in any case when the test file ends. Fails loudly when `redis-server` is not installed.
+ * @returns {Promise<{url: string, port: number, dir: string, proc: import('node:child_process').ChildProcess,
+ *   output: () => string, stop: () => Promise<void>, kill: () => Promise<void>, restart: () => Promise<void>,
+ *   dispose: () => Promise<void>}>}
+ */
+export async function startRedis({ t } = {}) {
+  const port = await freePort();
+  const dir = await mkdtemp(join(tmpdir(), 'switchboard-redis-'));
+  let log = '';
+  let current = null; // { proc, exited }
+
+  const redis = {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    dir,
+    get proc() {
+      return current?.proc ?? null;
+    },
+    output: () => log,
+    /** Graceful stop (SIGTERM, SIGKILL after a few seconds); keeps the directory for `restart`. */
+    stop: () => halt('SIGTERM'),
+    /** SIGKILL, as a crash would. */
+    kill: () => halt('SIGKILL'),
+    /** Stops it (if running) and starts it again on the same port, with the same directory. */
+    restart: async () => {
+      await halt('SIGTERM');
+      await launch();
+    },
+  };
+
+  const running = () => current && current.proc.exitCode === null && current.proc.signalCode === null;
+
+  const halt = async (signal) => {
+    if (!current) return;
+    const { proc, exited } = current;
+    if (running()) {
+      proc.kill(signal);
+      const timer = setTimeout(() => proc.kill('SIGKILL'), STOP_GRACE_MS);
+      await exited;
+      clearTimeout(timer);
+    } else {
+      await exited;
+    }
+    current = null;
+  };
+
+  const launch = async () => {
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+    const proc = spawn(REDIS_SERVER, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise((res) => proc.once('exit', (code, signal) => res({ code, signal })));
+    current = { proc, exited };
+    proc.stdout.setEncoding('utf8');
+    proc.stderr.setEncoding('utf8');
+    const keep = (chunk) => {
+      log = (log + chunk).slice(-50_000);
+    };
+    proc.stdout.on('data', keep);
+    proc.stderr.on('data', keep);
+    await new Promise((res, rej) => {
+      proc.once('spawn', res);
+      proc.once('error', (err) => {
+        current = null;
+        rej(
+          new Error(
+            err.code === 'ENOENT'
+              ? `${REDIS_SERVER} not found: the cluster tests need redis-server on PATH (scripts/test installs it; or apt-get install redis-server, or set REDIS_SERVER)`
+              : `cannot start ${REDIS_SERVER}: ${err.message}`,
+          ),
+        );
+      });
+    });
+    const deadline = Date.now() + REDIS_STARTUP_TIMEOUT_MS;
+    for (;;) {
+      if (!running()) throw new Error(`redis-server ${args.join(' ')} exited before answering PING\n${log}`);
+      if (await redisPing(port)) return;
+      if (Date.now() > deadline) {
+        proc.kill('SIGKILL');
+        throw new Error(`redis-server on port ${port} did not answer PING within ${REDIS_STARTUP_TIMEOUT_MS} ms\n${log}`);
+      }
+      await sleep(50);
+    }
+  };
+
+  // Kills it for good and removes its directory (once the test or the file is done with it).
+  let final = null;
+  redis.dispose = () => {
+    final ??= (async () => {
+      liveRedis.delete(redis);
+      await halt('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    })();
+    return final;
+  };
+
+  liveRedis.add(redis);
+  try {
+    await launch();
+  } catch (err) {
+    await redis.dispose();
+    throw err;
+  }
+  if (t) t.after(() => redis.dispose());
+  return redis;
+}
+
+let prefixCounter = 0;
+/** A Redis key prefix no other test (in any test process) uses. */
+export function uniquePrefix(label = 'sbtest') {
+  prefixCounter += 1;
+  return `${label}-${process.pid}-${prefixCounter}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/**
+ * Starts `n` nodes that form one cluster over `redis`: each gets `--redis-url`, the shared
+ * `--redis-prefix` (a fresh unique one unless given) and its own `--node-id` (A, B, C… unless
+ * `nodeIds` is given), then `args`. With `t`, every node is stopped when that test ends.
+ * @returns {Promise<{nodes: Awaited<ReturnType<typeof startNode>>[], prefix: string, redis: object,
+ *   stop: () => Promise<void>}>}
+ */
+export async function startCluster(n, { args = [], redis, prefix = uniquePrefix(), nodeIds, env = {}, t } = {}) {
+  if (!redis?.url) throw new Error('startCluster needs {redis} (from startRedis())');
+  const ids = nodeIds ?? Array.from({ length: n }, (_, i) => String.fromCharCode(65 + i));
+  const settled = await Promise.allSettled(
+    ids.map((id) =>
+      startNode({ args: ['--redis-url', redis.url, '--redis-prefix', prefix, '--node-id', id, ...args], env }),
+    ),
+  );
+  const nodes = settled.filter((s) => s.status === 'fulfilled').map((s) => s.value);
+  const stop = async () => {
+    await Promise.all(nodes.map((node) => node.stop()));
+  };
+  const failed = settled.find((s) => s.status === 'rejected');
+  if (failed) {
+    await stop();
+    throw failed.reason;
+  }
+  nodes.forEach((node, i) => {
+    node.nodeId = ids[i];
+  });
+  if (t) t.after(stop);
+  return { nodes, prefix, redis, stop };
 }

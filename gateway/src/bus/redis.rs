@@ -1,0 +1,164 @@
+//! The cluster bus over Redis pub/sub: one channel per topic, subscribed while the node has a
+//! local member, one MessagePack envelope per event.
+
+use super::{Bus, BusError, LocalSink, Subscriptions};
+use crate::redis::{COMMAND_TIMEOUT, Redis};
+use async_trait::async_trait;
+use fred::prelude::*;
+use shared::event::ENVELOPE_VERSION;
+use shared::{Delivery, Envelope, NodeId, Topic};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Publishes to and receives from Redis channels `<prefix>:ch:c:<id>`, `<prefix>:ch:u:<id>` and
+/// `<prefix>:ch:all`.
+pub struct RedisBus {
+    redis: Redis,
+    node_id: NodeId,
+    sink: Arc<dyn LocalSink>,
+    subscriptions: Subscriptions,
+}
+
+fn channel(prefix: &str, topic: &Topic) -> String {
+    match topic {
+        Topic::Conversation(c) => format!("{prefix}:ch:c:{c}"),
+        Topic::User(u) => format!("{prefix}:ch:u:{u}"),
+        Topic::All => format!("{prefix}:ch:all"),
+    }
+}
+
+impl RedisBus {
+    /// Subscribes to the broadcast channel and starts the receiving task.
+    pub async fn start(
+        redis: Redis,
+        node_id: NodeId,
+        sink: Arc<dyn LocalSink>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, BusError> {
+        let bus = Arc::new(Self {
+            redis,
+            node_id,
+            sink,
+            subscriptions: Subscriptions::default(),
+        });
+        let all = channel(&bus.redis.prefix, &Topic::All);
+        bus.redis
+            .subscriber
+            .subscribe(all)
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        tasks.spawn(receive(bus.clone(), shutdown.clone()));
+        tasks.spawn(resubscribe_on_reconnect(bus.clone(), shutdown));
+        Ok(bus)
+    }
+}
+
+/// Reads the subscriber connection on its own task and hands each event to the local fan-out.
+async fn receive(bus: Arc<RedisBus>, shutdown: CancellationToken) {
+    let mut messages = bus.redis.subscriber.message_rx();
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return,
+            m = messages.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(lost = n, "bus receiver lagged; events were dropped");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let bytes: &[u8] = match &message.value {
+            fred::types::Value::Bytes(b) => b,
+            fred::types::Value::String(s) => s.as_bytes(),
+            _ => continue,
+        };
+        match Envelope::decode(bytes) {
+            Ok(env) if env.v != ENVELOPE_VERSION => {
+                tracing::warn!(version = env.v, "envelope of another version dropped");
+            }
+            // The origin delivered to its own sockets when it published.
+            Ok(env) if env.origin == bus.node_id => {}
+            Ok(env) => bus.sink.deliver(Arc::new(env.delivery)).await,
+            Err(e) => tracing::warn!(error = %e, channel = %message.channel, "undecodable envelope dropped"),
+        }
+    }
+}
+
+/// After Redis comes back, subscribes again to every topic this node tracks: automatic
+/// resubscription is not trusted alone.
+async fn resubscribe_on_reconnect(bus: Arc<RedisBus>, shutdown: CancellationToken) {
+    let mut reconnects = bus.redis.subscriber.reconnect_rx();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = reconnects.recv() => if r.is_err() { return },
+        }
+        let mut channels: Vec<String> = bus
+            .subscriptions
+            .topics()
+            .iter()
+            .map(|t| channel(&bus.redis.prefix, t))
+            .collect();
+        channels.push(channel(&bus.redis.prefix, &Topic::All));
+        let n = channels.len();
+        match bus.redis.subscriber.subscribe(channels).await {
+            Ok(()) => tracing::info!(channels = n, "resubscribed after reconnect"),
+            Err(e) => tracing::warn!(error = %e, "resubscribe failed; retrying on next reconnect"),
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, delivery: Delivery) -> Result<(), BusError> {
+        let envelope = Envelope {
+            v: ENVELOPE_VERSION,
+            origin: self.node_id.clone(),
+            ts_ms: chrono::Utc::now().timestamp_millis(),
+            trace: None,
+            delivery,
+        };
+        let bytes = envelope
+            .encode()
+            .map_err(|e| BusError::Unavailable(format!("cannot encode: {e}")))?;
+        let name = channel(&self.redis.prefix, &envelope.delivery.topic);
+        // Local sockets first: they do not wait for Redis, and still get the event without it.
+        if self.subscriptions.contains(&envelope.delivery.topic) {
+            self.sink.deliver(Arc::new(envelope.delivery)).await;
+        }
+        let published =
+            tokio::time::timeout(COMMAND_TIMEOUT, self.redis.client.publish::<i64, _, _>(name, bytes)).await;
+        match published {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("publish timed out".into())),
+        }
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
+        if self.subscriptions.add(topic) {
+            let name = channel(&self.redis.prefix, topic);
+            let done = tokio::time::timeout(COMMAND_TIMEOUT, self.redis.subscriber.subscribe(name)).await;
+            if !matches!(done, Ok(Ok(()))) {
+                // Kept in the tracked set: the reconnect task subscribes it when Redis is back.
+                tracing::warn!(?topic, "subscribe failed; will retry after reconnect");
+            }
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError> {
+        if self.subscriptions.remove(topic) {
+            let name = channel(&self.redis.prefix, topic);
+            let done = tokio::time::timeout(COMMAND_TIMEOUT, self.redis.subscriber.unsubscribe(name)).await;
+            if !matches!(done, Ok(Ok(()))) {
+                tracing::debug!(?topic, "unsubscribe failed");
+            }
+        }
+        Ok(())
+    }
+}

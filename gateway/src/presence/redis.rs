@@ -1,0 +1,429 @@
+//! Cluster presence in Redis: every change is one call of the `switchboard_presence` function
+//! library (presence.lua), so it is atomic. Entries belong to their node, whose heartbeat keeps
+//! them alive; a surviving node reaps a node whose heartbeat expired.
+//!
+//! The node also keeps its own connections in memory, so that it can register them again when
+//! Redis comes back empty (a restart without persistence) or after it was reaped by mistake.
+
+use super::{
+    Change, ClusterStats, ConnectionEntry, Departure, Disconnected, NodeStats, Presence, PresenceError, UserPage,
+    UserPresence,
+};
+use crate::redis::{COMMAND_TIMEOUT, Redis};
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use fred::prelude::*;
+use fred::types::Value;
+use shared::{ConnId, ConversationId, NodeId, Status, UserId};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+const LIBRARY: &str = include_str!("presence.lua");
+
+/// Presence shared by every node through Redis.
+pub struct RedisPresence {
+    redis: Redis,
+    node_id: NodeId,
+    ttl: Duration,
+    started_at: DateTime<Utc>,
+    local: Mutex<Local>,
+}
+
+/// This node's own connections, to register again when Redis lost them.
+#[derive(Default)]
+struct Local {
+    conns: HashMap<ConnId, LocalConn>,
+    statuses: HashMap<UserId, Status>,
+    /// Disconnects Redis did not take; retried on every heartbeat.
+    pending_drops: Vec<ConnId>,
+}
+
+/// A local connection, copied out of the lock to register it again.
+struct Registration {
+    conn: ConnId,
+    user: UserId,
+    circles: Vec<String>,
+    joined: Vec<ConversationId>,
+}
+
+struct LocalConn {
+    user: UserId,
+    circles: Vec<String>,
+    joined: HashSet<ConversationId>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> PresenceError {
+    PresenceError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Integer(i) => *i,
+        other => other.as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
+    }
+}
+
+fn string(v: &Value) -> String {
+    v.as_str().map(|s| s.to_string()).unwrap_or_default()
+}
+
+fn items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+fn strings<T: From<String>>(v: Value) -> Vec<T> {
+    items(v).iter().map(|i| T::from(string(i))).collect()
+}
+
+fn time_ms(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+impl RedisPresence {
+    /// Loads the function library and registers this node.
+    pub async fn start(redis: Redis, node_id: NodeId, ttl: Duration) -> Result<Self, PresenceError> {
+        let presence = Self {
+            redis,
+            node_id,
+            ttl,
+            started_at: Utc::now(),
+            local: Mutex::new(Local::default()),
+        };
+        presence.load().await?;
+        presence.heartbeat().await?;
+        Ok(presence)
+    }
+
+    fn local(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn load(&self) -> Result<(), PresenceError> {
+        let loaded = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            self.redis.client.function_load::<Value, _>(true, LIBRARY),
+        )
+        .await;
+        match loaded {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(format!("cannot load presence functions: {e}"))),
+            Err(_) => Err(unavailable("loading presence functions timed out")),
+        }
+    }
+
+    /// Calls a library function with the key prefix as first argument; loads the library again
+    /// when Redis lost it (a restart) and retries once.
+    async fn call(&self, function: &str, args: &[&str]) -> Result<Value, PresenceError> {
+        let mut argv: Vec<&str> = Vec::with_capacity(args.len() + 1);
+        argv.push(&self.redis.prefix);
+        argv.extend_from_slice(args);
+        for attempt in 0..2 {
+            let called = tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                self.redis
+                    .client
+                    .fcall::<Value, _, _, _>(function, Vec::<String>::new(), argv.clone()),
+            )
+            .await;
+            match called {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if attempt == 0 && e.details().contains("Function not found") => self.load().await?,
+                Ok(Err(e)) => return Err(unavailable(e)),
+                Err(_) => return Err(unavailable(format!("{function} timed out"))),
+            }
+        }
+        Err(unavailable(format!("{function} failed")))
+    }
+
+    async fn heartbeat(&self) -> Result<(), PresenceError> {
+        let expires = (now_ms() + self.ttl.as_millis() as i64).to_string();
+        let started = self.started_at.to_rfc3339();
+        let added = self
+            .call("sb_heartbeat", &[&self.node_id.0, &expires, &started])
+            .await?;
+        if int(&added) == 1 {
+            self.register_again().await?;
+        }
+        let pending = std::mem::take(&mut self.local().pending_drops);
+        for conn in pending {
+            let now = now_ms().to_string();
+            if self
+                .call("sb_disconnect", &[&self.node_id.0, &conn.0, &now])
+                .await
+                .is_err()
+            {
+                self.local().pending_drops.push(conn);
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers every local connection, its joins and its user's status again.
+    async fn register_again(&self) -> Result<(), PresenceError> {
+        let (conns, statuses) = {
+            let local = self.local();
+            let conns: Vec<Registration> = local
+                .conns
+                .iter()
+                .map(|(id, c)| Registration {
+                    conn: id.clone(),
+                    user: c.user.clone(),
+                    circles: c.circles.clone(),
+                    joined: c.joined.iter().cloned().collect(),
+                })
+                .collect();
+            let statuses: Vec<(UserId, Status)> = local.statuses.iter().map(|(u, s)| (u.clone(), *s)).collect();
+            (conns, statuses)
+        };
+        if conns.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(connections = conns.len(), "registering this node's presence again");
+        for r in conns {
+            let mut args: Vec<&str> = vec![&self.node_id.0, &r.conn.0, &r.user.0];
+            args.extend(r.circles.iter().map(String::as_str));
+            self.call("sb_connect", &args).await?;
+            for conv in r.joined {
+                self.call("sb_join", &[&self.node_id.0, &r.conn.0, &conv.0]).await?;
+            }
+        }
+        for (user, status) in statuses {
+            let now = now_ms().to_string();
+            self.call("sb_status", &[&user.0, status.as_str(), &now]).await?;
+        }
+        Ok(())
+    }
+
+    /// Reaps every node whose heartbeat expired; the departures are this caller's to announce.
+    async fn reap(&self) -> Result<Vec<Departure>, PresenceError> {
+        let now = now_ms().to_string();
+        let reaped = items(self.call("sb_reap", &[&now]).await?);
+        Ok(reaped
+            .into_iter()
+            .map(|row| {
+                let mut row = items(row).into_iter();
+                let user = UserId(row.next().map(|u| string(&u)).unwrap_or_default());
+                let left = row.next().map(strings).unwrap_or_default();
+                let offline = row.next().map(|o| int(&o)) == Some(1);
+                let contacts = row.next().map(strings).unwrap_or_default();
+                Departure {
+                    user,
+                    left,
+                    offline_contacts: offline.then_some(contacts),
+                }
+            })
+            .collect())
+    }
+
+    fn parse_change(v: Value) -> Change {
+        let v = items(v);
+        Change {
+            connection: v.first().map(int) == Some(1),
+            user: v.get(1).map(int) == Some(1),
+        }
+    }
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn connect(&self, entry: ConnectionEntry) -> Result<bool, PresenceError> {
+        let mut args: Vec<&str> = vec![&self.node_id.0, &entry.conn.0, &entry.user.0];
+        args.extend(entry.circles.iter().map(String::as_str));
+        let arrived = int(&self.call("sb_connect", &args).await?) == 1;
+        self.local().conns.insert(
+            entry.conn,
+            LocalConn {
+                user: entry.user,
+                circles: entry.circles,
+                joined: HashSet::new(),
+            },
+        );
+        Ok(arrived)
+    }
+
+    async fn disconnect(&self, conn: &ConnId) -> Result<Option<Disconnected>, PresenceError> {
+        let user = {
+            let mut local = self.local();
+            let Some(gone) = local.conns.remove(conn) else {
+                return Ok(None);
+            };
+            if !local.conns.values().any(|c| c.user == gone.user) {
+                local.statuses.remove(&gone.user);
+            }
+            gone.user
+        };
+        let now = now_ms().to_string();
+        let v = match self.call("sb_disconnect", &[&self.node_id.0, &conn.0, &now]).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.local().pending_drops.push(conn.clone());
+                return Err(e);
+            }
+        };
+        let mut v = items(v).into_iter();
+        let (Some(_), Some(last), Some(visible), Some(joined), Some(left)) =
+            (v.next(), v.next(), v.next(), v.next(), v.next())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Disconnected {
+            user,
+            last_connection: int(&last) == 1,
+            joined: strings(joined),
+            left: strings(left),
+            was_visible: int(&visible) == 1,
+        }))
+    }
+
+    async fn join(&self, conn: &ConnId, conversation: &ConversationId) -> Result<Change, PresenceError> {
+        let change = Self::parse_change(
+            self.call("sb_join", &[&self.node_id.0, &conn.0, &conversation.0])
+                .await?,
+        );
+        if change.connection
+            && let Some(c) = self.local().conns.get_mut(conn)
+        {
+            c.joined.insert(conversation.clone());
+        }
+        Ok(change)
+    }
+
+    async fn leave(&self, conn: &ConnId, conversation: &ConversationId) -> Result<Change, PresenceError> {
+        let change = Self::parse_change(
+            self.call("sb_leave", &[&self.node_id.0, &conn.0, &conversation.0])
+                .await?,
+        );
+        if let Some(c) = self.local().conns.get_mut(conn) {
+            c.joined.remove(conversation);
+        }
+        Ok(change)
+    }
+
+    async fn set_status(&self, user: &UserId, status: Status) -> Result<(), PresenceError> {
+        let now = now_ms().to_string();
+        self.call("sb_status", &[&user.0, status.as_str(), &now]).await?;
+        let mut local = self.local();
+        if local.conns.values().any(|c| &c.user == user) {
+            local.statuses.insert(user.clone(), status);
+        }
+        Ok(())
+    }
+
+    async fn user(&self, user: &UserId) -> Result<UserPresence, PresenceError> {
+        let v = items(self.call("sb_user", &[&user.0]).await?);
+        let connections = v.first().map(int).unwrap_or(0) as usize;
+        let status = v.get(1).map(string).and_then(|s| s.parse::<Status>().ok());
+        let seen = v.get(2).map(int).filter(|ms| *ms > 0).and_then(time_ms);
+        let online = connections > 0 && status != Some(Status::Offline);
+        Ok(if online {
+            UserPresence {
+                user_id: user.clone(),
+                online,
+                status: status.unwrap_or(Status::Online),
+                last_seen: None,
+                connections,
+            }
+        } else {
+            UserPresence {
+                user_id: user.clone(),
+                online,
+                status: Status::Offline,
+                last_seen: seen,
+                connections: 0,
+            }
+        })
+    }
+
+    async fn connections(&self, user: &UserId) -> Result<usize, PresenceError> {
+        let key = format!("{}:uc:{}", self.redis.prefix, user);
+        match tokio::time::timeout(COMMAND_TIMEOUT, self.redis.client.hlen::<i64, _>(key)).await {
+            Ok(Ok(n)) => Ok(n.max(0) as usize),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable("HLEN timed out")),
+        }
+    }
+
+    async fn settle_offline(&self, user: &UserId) -> Result<Option<Vec<UserId>>, PresenceError> {
+        let mut v = items(self.call("sb_settle", &[&user.0]).await?).into_iter();
+        match (v.next().map(|w| int(&w)), v.next()) {
+            (Some(1), Some(contacts)) => Ok(Some(strings(contacts))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn contacts(&self, user: &UserId) -> Result<Vec<UserId>, PresenceError> {
+        Ok(strings(self.call("sb_contacts", &[&user.0]).await?))
+    }
+
+    async fn online_users(&self, after: Option<&str>, limit: usize) -> Result<UserPage, PresenceError> {
+        let limit = limit.to_string();
+        let mut v = items(self.call("sb_online_page", &[after.unwrap_or(""), &limit]).await?).into_iter();
+        let users = v.next().map(strings).unwrap_or_default();
+        let next = v.next().map(|n| string(&n)).filter(|n| !n.is_empty());
+        Ok(UserPage {
+            users,
+            next_cursor: next,
+        })
+    }
+
+    async fn conversation_online(&self, conversation: &ConversationId) -> Result<Vec<UserId>, PresenceError> {
+        Ok(strings(self.call("sb_conversation_online", &[&conversation.0]).await?))
+    }
+
+    async fn stats(&self) -> Result<ClusterStats, PresenceError> {
+        let now = now_ms().to_string();
+        let mut v = items(self.call("sb_stats", &[&now]).await?).into_iter();
+        let nodes: Vec<NodeStats> = v
+            .next()
+            .map(items)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|row| {
+                let row = items(row);
+                let get = |i: usize| row.get(i).map(int).unwrap_or(0).max(0) as usize;
+                NodeStats {
+                    node_id: NodeId(row.first().map(string).unwrap_or_default()),
+                    connections: get(1),
+                    users: get(2),
+                    rooms: get(3),
+                    started_at: row
+                        .get(4)
+                        .map(string)
+                        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or(self.started_at),
+                }
+            })
+            .collect();
+        let users = v.next().map(|u| int(&u)).unwrap_or(0).max(0) as usize;
+        let rooms = v.next().map(|r| int(&r)).unwrap_or(0).max(0) as usize;
+        Ok(ClusterStats {
+            connections: nodes.iter().map(|n| n.connections).sum(),
+            users,
+            rooms,
+            nodes,
+        })
+    }
+
+    fn heartbeat_interval(&self) -> Option<Duration> {
+        Some(self.ttl / 3)
+    }
+
+    async fn maintain(&self) -> Result<Vec<Departure>, PresenceError> {
+        self.heartbeat().await?;
+        self.reap().await
+    }
+
+    async fn depart(&self) -> Result<Vec<Departure>, PresenceError> {
+        self.call("sb_depart", &[&self.node_id.0]).await?;
+        self.reap().await
+    }
+}

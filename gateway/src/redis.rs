@@ -1,0 +1,105 @@
+//! The Redis connections of a cluster node, shared by the bus and presence: one client for
+//! commands and publishes, one dedicated subscriber connection. Both reconnect by themselves;
+//! every command is bounded by a timeout so that nothing queues without bound while Redis is
+//! away.
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::config::{Config as FredConfig, ReconnectPolicy};
+use std::time::Duration;
+
+/// How long one Redis command may take before it counts as failed.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Commands fred may hold while disconnected; beyond this they fail at once.
+const MAX_BUFFERED_COMMANDS: usize = 10_000;
+
+/// Why Redis could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// Bad URL or options.
+    #[error("invalid --redis-url: {0}")]
+    Config(String),
+    /// Unreachable at start-up.
+    #[error("cannot reach Redis: {0}")]
+    Connect(String),
+}
+
+/// The node's Redis connections.
+#[derive(Clone)]
+pub struct Redis {
+    /// Commands, scripts and publishes.
+    pub client: Client,
+    /// The dedicated pub/sub connection.
+    pub subscriber: SubscriberClient,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+}
+
+impl Redis {
+    /// Connects both connections; fails when Redis cannot be reached within `wait`.
+    pub async fn connect(url: &str, prefix: &str, wait: Duration) -> Result<Self, RedisError> {
+        let config = FredConfig::from_url(url).map_err(|e| RedisError::Config(e.to_string()))?;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = COMMAND_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+                c.max_command_buffer_len = MAX_BUFFERED_COMMANDS;
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 500));
+        let client = builder.build().map_err(|e| RedisError::Config(e.to_string()))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| RedisError::Config(e.to_string()))?;
+        for c in [&client as &dyn ConnectWait, &subscriber as &dyn ConnectWait] {
+            c.start();
+        }
+        let ready = async {
+            client.wait_for_connect().await?;
+            subscriber.wait_for_connect().await
+        };
+        match tokio::time::timeout(wait, ready).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RedisError::Connect(e.to_string())),
+            Err(_) => return Err(RedisError::Connect(format!("no answer within {wait:?}"))),
+        }
+        Ok(Self {
+            client,
+            subscriber,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Whether both connections answer now.
+    pub async fn reachable(&self) -> bool {
+        let ping = async {
+            let a: Result<fred::types::Value, _> = self.client.ping(None).await;
+            let b: Result<fred::types::Value, _> = self.subscriber.ping(None).await;
+            a.is_ok() && b.is_ok()
+        };
+        tokio::time::timeout(Duration::from_secs(1), ping)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Closes both connections.
+    pub async fn quit(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.client.quit().await;
+    }
+}
+
+/// Starts a fred client's connection task (object-safe over both client kinds).
+trait ConnectWait {
+    fn start(&self);
+}
+
+impl<C: ClientLike> ConnectWait for C {
+    fn start(&self) {
+        // The connection task lives as long as the client; its handle is not needed.
+        drop(self.connect());
+    }
+}
