@@ -10,6 +10,7 @@
 //! - [`bus`]: carries domain events to every node with local members of a topic.
 //! - [`presence`]: who is connected where, with which status.
 //! - [`redis`]: the Redis connections a cluster node shares between bus and presence.
+//! - [`metrics`]: every Prometheus metric, registered once.
 //! - [`server`]: wiring, listening, draining on SIGTERM.
 //! - [`net`]: accepted connections the node can close itself, for the drain.
 //! - [`dev`]: the credentials `--dev` generates and keeps.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod dev;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod presence;
 pub mod redis;

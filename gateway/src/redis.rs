@@ -103,3 +103,66 @@ impl<C: ClientLike> ConnectWait for C {
         drop(self.connect());
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_server {
+    //! A private `redis-server` on a free port, for tests that need a real Redis.
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A running Redis, killed on drop.
+    pub(crate) struct TestRedis {
+        child: Child,
+        /// `redis://127.0.0.1:PORT`.
+        pub(crate) url: String,
+    }
+
+    impl TestRedis {
+        pub(crate) async fn start() -> Result<Self, String> {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start redis-server (scripts/test installs it): {e}"))?;
+            let server = Self {
+                child,
+                url: format!("redis://127.0.0.1:{port}"),
+            };
+            for _ in 0..100 {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    let mut buf = [0u8; 7];
+                    if s.write_all(b"PING\r\n").await.is_ok()
+                        && s.read_exact(&mut buf).await.is_ok()
+                        && &buf == b"+PONG\r\n"
+                    {
+                        return Ok(server);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err("redis-server did not answer".into())
+        }
+    }
+
+    impl Drop for TestRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The in-process bus of a single node: a publish is a local delivery.
 
 use super::{Bus, BusError, LocalSink, Subscriptions};
+use crate::metrics::METRICS;
 use async_trait::async_trait;
 use shared::{Delivery, Topic};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ impl MemoryBus {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, delivery: Delivery) -> Result<(), BusError> {
+        METRICS.bus_published.inc();
         if self.subscriptions.contains(&delivery.topic) {
             self.sink.deliver(Arc::new(delivery)).await;
         }

@@ -2,6 +2,7 @@
 //! local member, one MessagePack envelope per event.
 
 use super::{Bus, BusError, LocalSink, Subscriptions};
+use crate::metrics::METRICS;
 use crate::redis::{COMMAND_TIMEOUT, Redis};
 use async_trait::async_trait;
 use fred::prelude::*;
@@ -66,6 +67,7 @@ async fn receive(bus: Arc<RedisBus>, shutdown: CancellationToken) {
         let message = match message {
             Ok(m) => m,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                METRICS.bus_dropped.inc_by(n);
                 tracing::warn!(lost = n, "bus receiver lagged; events were dropped");
                 continue;
             }
@@ -78,12 +80,19 @@ async fn receive(bus: Arc<RedisBus>, shutdown: CancellationToken) {
         };
         match Envelope::decode(bytes) {
             Ok(env) if env.v != ENVELOPE_VERSION => {
+                METRICS.bus_dropped.inc();
                 tracing::warn!(version = env.v, "envelope of another version dropped");
             }
             // The origin delivered to its own sockets when it published.
             Ok(env) if env.origin == bus.node_id => {}
-            Ok(env) => bus.sink.deliver(Arc::new(env.delivery)).await,
-            Err(e) => tracing::warn!(error = %e, channel = %message.channel, "undecodable envelope dropped"),
+            Ok(env) => {
+                METRICS.bus_received.inc();
+                bus.sink.deliver(Arc::new(env.delivery)).await;
+            }
+            Err(e) => {
+                METRICS.bus_dropped.inc();
+                tracing::warn!(error = %e, channel = %message.channel, "undecodable envelope dropped");
+            }
         }
     }
 }
@@ -106,7 +115,10 @@ async fn resubscribe_on_reconnect(bus: Arc<RedisBus>, shutdown: CancellationToke
         channels.push(channel(&bus.redis.prefix, &Topic::All));
         let n = channels.len();
         match bus.redis.subscriber.subscribe(channels).await {
-            Ok(()) => tracing::info!(channels = n, "resubscribed after reconnect"),
+            Ok(()) => {
+                METRICS.bus_resubscribes.inc();
+                tracing::info!(channels = n, "resubscribed after reconnect");
+            }
             Err(e) => tracing::warn!(error = %e, "resubscribe failed; retrying on next reconnect"),
         }
     }
@@ -133,7 +145,10 @@ impl Bus for RedisBus {
         let published =
             tokio::time::timeout(COMMAND_TIMEOUT, self.redis.client.publish::<i64, _, _>(name, bytes)).await;
         match published {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                METRICS.bus_published.inc();
+                Ok(())
+            }
             Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
             Err(_) => Err(BusError::Unavailable("publish timed out".into())),
         }
@@ -159,6 +174,58 @@ impl Bus for RedisBus {
                 tracing::debug!(?topic, "unsubscribe failed");
             }
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::tests::{Recorder, conformance};
+    use crate::redis::test_server::TestRedis;
+    use shared::Event;
+    use shared::event::Direct;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn redis_bus_conforms_and_crosses_nodes_once() -> Result<(), Box<dyn std::error::Error>> {
+        let server = TestRedis::start().await?;
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let start = |node: &'static str, tx| {
+            let url = server.url.clone();
+            let (tasks, shutdown) = (tasks.clone(), shutdown.clone());
+            async move {
+                let redis = Redis::connect(&url, "bus", Duration::from_secs(5)).await?;
+                let bus = RedisBus::start(redis, node.into(), Arc::new(Recorder(tx)), &tasks, shutdown).await?;
+                Ok::<_, Box<dyn std::error::Error>>(bus)
+            }
+        };
+        let (tx_a, mut rx_a) = tokio::sync::mpsc::unbounded_channel();
+        let (tx_b, mut rx_b) = tokio::sync::mpsc::unbounded_channel();
+        let a = start("a", tx_a).await?;
+        let b = start("b", tx_b).await?;
+        conformance(a.as_ref(), &mut rx_a).await;
+        // b heard the conformance run's broadcast to everyone, once.
+        let all = tokio::time::timeout(Duration::from_secs(2), rx_b.recv()).await?;
+        assert_eq!(all.map(|d| d.topic.clone()), Some(Topic::All));
+
+        // Node b hears node a's events on topics b subscribes to, once each; a hears its own once.
+        let topic = Topic::Conversation("shared".into());
+        a.subscribe(&topic).await?;
+        b.subscribe(&topic).await?;
+        let event = Event::Direct(Direct {
+            event: "hello".into(),
+            data: serde_json::json!({"n": 1}),
+        });
+        a.publish(Delivery::to(topic.clone(), event.clone())).await?;
+        let got_b = tokio::time::timeout(Duration::from_secs(2), rx_b.recv()).await?;
+        assert_eq!(got_b.map(|d| d.event.clone()), Some(event.clone()));
+        let got_a = tokio::time::timeout(Duration::from_secs(2), rx_a.recv()).await?;
+        assert_eq!(got_a.map(|d| d.event.clone()), Some(event));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx_a.try_recv().is_err() && rx_b.try_recv().is_err());
+        shutdown.cancel();
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ pub use typing::{TYPING_TIMEOUT, TypingTimers};
 
 use crate::auth::Identity;
 use crate::bus::Bus;
+use crate::metrics::METRICS;
 use crate::presence::{ClusterStats, ConnectionEntry, Departure, Presence, UserPage, UserPresence};
 use chrono::Utc;
 use shared::event::{Direct, Membership, Notification, PresenceInfo, Typing, UserRef};
@@ -431,11 +432,73 @@ async fn maintain(presence: Arc<dyn Presence>, bus: Arc<dyn Bus>, every: Duratio
         match presence.maintain().await {
             Ok(departures) => {
                 if !departures.is_empty() {
+                    METRICS.presence_reaped.inc_by(departures.len() as u64);
                     tracing::info!(departures = departures.len(), "reaped connections of dead nodes");
                 }
                 announce(bus.as_ref(), departures).await;
             }
             Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ConversationClaim;
+    use crate::bus::MemoryBus;
+    use crate::bus::tests::Recorder;
+    use crate::config::AccessMode;
+    use crate::presence::MemoryPresence;
+    use tokio::sync::mpsc;
+
+    fn who(user: &str) -> Identity {
+        Identity {
+            user_id: user.into(),
+            admin: false,
+            conversations: Some(Arc::new(ConversationClaim::new(vec!["team".into()]))),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_within_the_grace_announces_nothing_and_a_departure_once() -> Result<(), DomainError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(Arc::new(Recorder(tx))));
+        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new("n1".into()));
+        let grace = Duration::from_secs(3);
+        let tasks = TaskTracker::new();
+        let domain = Domain::new(
+            Access::new(AccessMode::Claims),
+            bus,
+            presence,
+            grace,
+            tasks.clone(),
+            CancellationToken::new(),
+        );
+        domain.connect(&"b1".into(), &who("bob")).await?;
+        domain.connect(&"a1".into(), &who("alice")).await?;
+        let online = rx.try_recv().map(|d| d.event.clone()).ok();
+        assert!(matches!(online, Some(Event::UserOnline(p)) if p.user_id.as_str() == "alice"));
+
+        // A reload: the last connection closes and a new one opens within the grace.
+        domain.disconnect(&"a1".into()).await;
+        tokio::time::sleep(grace / 2).await;
+        domain.connect(&"a2".into(), &who("alice")).await?;
+        tokio::time::sleep(grace * 2).await;
+        assert!(rx.try_recv().is_err(), "a reload announced something");
+
+        // A real departure: one offline, after the grace, to bob.
+        domain.disconnect(&"a2".into()).await;
+        tokio::time::sleep(grace - Duration::from_millis(100)).await;
+        assert!(rx.try_recv().is_err(), "offline announced before the grace ran out");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let offline = rx.try_recv().ok();
+        assert!(
+            matches!(offline.as_deref(), Some(Delivery { topic: Topic::User(u), event: Event::UserOffline(p), .. })
+                if u.as_str() == "bob" && p.user_id.as_str() == "alice")
+        );
+        tokio::time::sleep(grace * 2).await;
+        assert!(rx.try_recv().is_err(), "offline announced twice");
+        Ok(())
     }
 }

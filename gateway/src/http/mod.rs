@@ -11,6 +11,7 @@ pub use error::ApiError;
 use crate::auth::JwtSettings;
 use crate::config::CorsOrigins;
 use crate::domain::{Domain, DomainError, MAX_PAGE, NotificationRequest};
+use crate::metrics::METRICS;
 use crate::redis::Redis;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
@@ -111,6 +112,7 @@ pub fn router(state: Arc<AppState>, socketio: SocketIoLayer, cors: &CorsOrigins,
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/api/users", get(list_users))
         .route("/api/users/broadcast", post(broadcast_message))
         .route("/api/users/{user_id}/message", post(message_user))
@@ -217,6 +219,13 @@ async fn method_not_allowed() -> Response {
     let mut response = ApiError(DomainError::BadRequest("method not allowed on this route".into())).into_response();
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     response
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        METRICS.render(),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -329,67 +329,10 @@ impl Presence for MemoryPresence {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(conn: &str, user: &str, circles: &[&str]) -> ConnectionEntry {
-        ConnectionEntry {
-            conn: conn.into(),
-            user: user.into(),
-            circles: circles.iter().map(|c| c.to_string()).collect(),
-        }
-    }
+    use crate::presence::tests::conformance;
 
     #[tokio::test]
-    async fn users_come_and_go_with_their_last_connection() -> Result<(), PresenceError> {
-        let p = MemoryPresence::new("n1".into());
-        assert!(p.connect(entry("a1", "alice", &[])).await?);
-        assert!(!p.connect(entry("a2", "alice", &[])).await?);
-        assert!(p.join(&"a1".into(), &"c".into()).await?.user);
-        let again = p.join(&"a2".into(), &"c".into()).await?;
-        assert!(again.connection && !again.user);
-        assert_eq!(p.join(&"a2".into(), &"c".into()).await?, Change::default());
-        assert_eq!(p.conversation_online(&"c".into()).await?, vec![UserId::from("alice")]);
-        assert!(!p.leave(&"a1".into(), &"c".into()).await?.user);
-        let d = p.disconnect(&"a1".into()).await?;
-        assert_eq!(d.map(|d| d.last_connection), Some(false));
-        let d = p.disconnect(&"a2".into()).await?;
-        assert_eq!(
-            d.as_ref().map(|d| d.left.clone()),
-            Some(vec![ConversationId::from("c")])
-        );
-        assert!(p.conversation_online(&"c".into()).await?.is_empty());
-        // Back within the grace: not a new arrival, and settling finds them present.
-        assert!(!p.connect(entry("a3", "alice", &[])).await?);
-        assert_eq!(p.settle_offline(&"alice".into()).await?, None);
-        p.disconnect(&"a3".into()).await?;
-        assert_eq!(p.settle_offline(&"alice".into()).await?, Some(vec![]));
-        let view = p.user(&"alice".into()).await?;
-        assert!(!view.online && view.last_seen.is_some());
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn contacts_share_a_circle_and_invisible_users_hide() -> Result<(), PresenceError> {
-        let p = MemoryPresence::new("n1".into());
-        p.connect(entry("a", "alice", &["team-*"])).await?;
-        p.connect(entry("b", "bob", &["team-*"])).await?;
-        p.connect(entry("c", "carol", &[])).await?;
-        p.join(&"c".into(), &"room".into()).await?;
-        p.join(&"a".into(), &"room".into()).await?;
-        assert_eq!(
-            p.contacts(&"alice".into()).await?,
-            vec![UserId::from("bob"), UserId::from("carol")]
-        );
-        assert_eq!(p.contacts(&"bob".into()).await?, vec![UserId::from("alice")]);
-        p.set_status(&"alice".into(), Status::Offline).await?;
-        assert!(!p.user(&"alice".into()).await?.online);
-        assert_eq!(
-            p.conversation_online(&"room".into()).await?,
-            vec![UserId::from("carol")]
-        );
-        let page = p.online_users(None, 1).await?;
-        assert_eq!(page.users, vec![UserId::from("bob")]);
-        let next = p.online_users(page.next_cursor.as_deref(), 1).await?;
-        assert_eq!((next.users, next.next_cursor), (vec![UserId::from("carol")], None));
-        Ok(())
+    async fn memory_presence_conforms() -> Result<(), PresenceError> {
+        conformance(&MemoryPresence::new("n1".into())).await
     }
 }

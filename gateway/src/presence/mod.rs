@@ -178,3 +178,119 @@ pub trait Presence: Send + Sync + 'static {
         Ok(Vec::new())
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The presence conformance suite, run against every implementation. `p` must be empty and
+    //! be node `n1`.
+    use super::*;
+
+    fn entry(conn: &str, user: &str, circles: &[&str]) -> ConnectionEntry {
+        ConnectionEntry {
+            conn: conn.into(),
+            user: user.into(),
+            circles: circles.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn users(ids: &[&str]) -> Vec<UserId> {
+        ids.iter().map(|u| UserId::from(*u)).collect()
+    }
+
+    pub(crate) async fn conformance(p: &dyn Presence) -> Result<(), PresenceError> {
+        users_come_and_go_with_their_last_connection(p).await?;
+        contacts_share_a_circle_and_invisible_users_hide(p).await?;
+        stats_count_this_node(p).await
+    }
+
+    async fn users_come_and_go_with_their_last_connection(p: &dyn Presence) -> Result<(), PresenceError> {
+        assert!(p.connect(entry("a1", "alice", &[])).await?);
+        assert!(!p.connect(entry("a2", "alice", &[])).await?);
+        assert_eq!(p.connections(&"alice".into()).await?, 2);
+        assert!(p.join(&"a1".into(), &"c".into()).await?.user);
+        let again = p.join(&"a2".into(), &"c".into()).await?;
+        assert!(again.connection && !again.user);
+        assert_eq!(p.join(&"a2".into(), &"c".into()).await?, Change::default());
+        assert_eq!(p.join(&"nobody".into(), &"c".into()).await?, Change::default());
+        assert_eq!(p.conversation_online(&"c".into()).await?, users(&["alice"]));
+        assert!(!p.leave(&"a1".into(), &"c".into()).await?.user);
+        assert_eq!(p.leave(&"a1".into(), &"c".into()).await?, Change::default());
+        let d = p.disconnect(&"a1".into()).await?;
+        assert_eq!(d.map(|d| d.last_connection), Some(false));
+        let d = p.disconnect(&"a2".into()).await?;
+        assert_eq!(
+            d.map(|d| (d.last_connection, d.left, d.was_visible)),
+            Some((true, vec![ConversationId::from("c")], true))
+        );
+        assert_eq!(p.disconnect(&"a2".into()).await?, None);
+        assert!(p.conversation_online(&"c".into()).await?.is_empty());
+        assert_eq!(p.connections(&"alice".into()).await?, 0);
+        // Back within the grace: not a new arrival, and settling finds them present.
+        assert!(!p.connect(entry("a3", "alice", &[])).await?);
+        assert_eq!(p.settle_offline(&"alice".into()).await?, None);
+        p.disconnect(&"a3".into()).await?;
+        assert_eq!(p.settle_offline(&"alice".into()).await?, Some(vec![]));
+        // Settled once only.
+        assert_eq!(p.settle_offline(&"alice".into()).await?, None);
+        let view = p.user(&"alice".into()).await?;
+        assert!(!view.online && view.last_seen.is_some() && view.connections == 0);
+        assert!(p.connect(entry("a4", "alice", &[])).await?);
+        p.disconnect(&"a4".into()).await?;
+        p.settle_offline(&"alice".into()).await?;
+        Ok(())
+    }
+
+    async fn contacts_share_a_circle_and_invisible_users_hide(p: &dyn Presence) -> Result<(), PresenceError> {
+        p.connect(entry("a", "alice", &["team-*"])).await?;
+        p.connect(entry("b", "bob", &["team-*"])).await?;
+        p.connect(entry("c", "carol", &[])).await?;
+        p.join(&"c".into(), &"room".into()).await?;
+        p.join(&"a".into(), &"room".into()).await?;
+        assert_eq!(p.contacts(&"alice".into()).await?, users(&["bob", "carol"]));
+        assert_eq!(p.contacts(&"bob".into()).await?, users(&["alice"]));
+        p.set_status(&"bob".into(), Status::Busy).await?;
+        let bob = p.user(&"bob".into()).await?;
+        assert_eq!(
+            (bob.online, bob.status, bob.last_seen, bob.connections),
+            (true, Status::Busy, None, 1)
+        );
+        p.set_status(&"alice".into(), Status::Offline).await?;
+        let alice = p.user(&"alice".into()).await?;
+        assert_eq!(
+            (alice.online, alice.status, alice.connections),
+            (false, Status::Offline, 0)
+        );
+        assert_eq!(p.connections(&"alice".into()).await?, 1);
+        assert_eq!(p.conversation_online(&"room".into()).await?, users(&["carol"]));
+        let page = p.online_users(None, 1).await?;
+        assert_eq!(page.users, users(&["bob"]));
+        let next = p.online_users(page.next_cursor.as_deref(), 1).await?;
+        assert_eq!((next.users, next.next_cursor), (users(&["carol"]), None));
+        let all = p.online_users(None, 10).await?;
+        assert_eq!((all.users, all.next_cursor), (users(&["bob", "carol"]), None));
+        // Invisible users disconnect without being shown leaving.
+        let gone = p.disconnect(&"a".into()).await?;
+        assert_eq!(gone.map(|d| d.was_visible), Some(false));
+        assert_eq!(p.settle_offline(&"alice".into()).await?, Some(users(&["bob", "carol"])));
+        for conn in ["b", "c"] {
+            p.disconnect(&conn.into()).await?;
+        }
+        for user in ["bob", "carol"] {
+            p.settle_offline(&user.into()).await?;
+        }
+        Ok(())
+    }
+
+    async fn stats_count_this_node(p: &dyn Presence) -> Result<(), PresenceError> {
+        p.connect(entry("x1", "xavier", &[])).await?;
+        p.connect(entry("x2", "xavier", &[])).await?;
+        p.connect(entry("y1", "yvonne", &[])).await?;
+        p.join(&"x1".into(), &"r1".into()).await?;
+        p.join(&"y1".into(), &"r2".into()).await?;
+        let stats = p.stats().await?;
+        assert_eq!((stats.connections, stats.users, stats.rooms), (3, 2, 2));
+        let node = stats.nodes.iter().find(|n| n.node_id.as_str() == "n1");
+        assert_eq!(node.map(|n| (n.connections, n.users, n.rooms)), Some((3, 2, 2)));
+        Ok(())
+    }
+}

@@ -427,3 +427,62 @@ impl Presence for RedisPresence {
         self.reap().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presence::tests::conformance;
+    use crate::redis::test_server::TestRedis;
+
+    #[tokio::test]
+    async fn redis_presence_conforms() -> Result<(), Box<dyn std::error::Error>> {
+        let server = TestRedis::start().await?;
+        let redis = Redis::connect(&server.url, "conformance", Duration::from_secs(5)).await?;
+        let presence = RedisPresence::start(redis, "n1".into(), Duration::from_secs(30)).await?;
+        conformance(&presence).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_dead_node_is_reaped_once_and_a_lost_node_registers_again() -> Result<(), Box<dyn std::error::Error>> {
+        let server = TestRedis::start().await?;
+        let connect = || Redis::connect(&server.url, "reap", Duration::from_secs(5));
+        let ttl = Duration::from_millis(300);
+        let dead = RedisPresence::start(connect().await?, "dead".into(), ttl).await?;
+        let a = RedisPresence::start(connect().await?, "a".into(), Duration::from_secs(30)).await?;
+        let b = RedisPresence::start(connect().await?, "b".into(), Duration::from_secs(30)).await?;
+        let entry = |conn: &str, user: &str| ConnectionEntry {
+            conn: conn.into(),
+            user: user.into(),
+            circles: vec!["team".into()],
+        };
+        dead.connect(entry("d1", "dora")).await?;
+        dead.join(&"d1".into(), &"room".into()).await?;
+        a.connect(entry("a1", "amy")).await?;
+        assert_eq!(a.stats().await?.nodes.len(), 3);
+        // `dead` stops heartbeating; after its TTL exactly one survivor reaps it.
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        let (from_a, from_b) = (a.maintain().await?, b.maintain().await?);
+        let reaped: Vec<_> = from_a.into_iter().chain(from_b).collect();
+        assert_eq!(
+            reaped,
+            vec![Departure {
+                user: "dora".into(),
+                left: vec!["room".into()],
+                offline_contacts: Some(vec!["amy".into()]),
+            }]
+        );
+        assert_eq!(a.connections(&"dora".into()).await?, 0);
+        assert!(a.conversation_online(&"room".into()).await?.is_empty());
+        assert_eq!(a.stats().await?.nodes.len(), 2);
+
+        // A node whose entries vanished (a Redis restart) registers its connections again.
+        let flush: Value = a.redis.client.flushall(false).await?;
+        drop(flush);
+        assert_eq!(a.connections(&"amy".into()).await?, 0);
+        a.maintain().await?;
+        assert_eq!(a.connections(&"amy".into()).await?, 1);
+        assert_eq!(b.online_users(None, 10).await?.users, vec![UserId::from("amy")]);
+        Ok(())
+    }
+}

@@ -11,6 +11,7 @@ use crate::auth::{Identity, JwtSettings};
 use crate::bus::LocalSink;
 use crate::config::{Config, RateLimit};
 use crate::domain::{Domain, DomainError, RateLimiter};
+use crate::metrics::METRICS;
 use crate::net::{Closer, ConnInfo};
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -22,6 +23,7 @@ use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::{DisconnectReason, Socket};
+use socketioxide::{BroadcastError, SocketError};
 use socketioxide::{ParserError, SocketIo};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -30,6 +32,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::Instrument;
+
+/// Engine.IO heartbeat. A ping that finds the connection's outbound queue full closes it at
+/// once, so a consumer whose queue stays full is closed within this interval (the slow
+/// consumer rule); a client that stops answering is closed after interval + timeout.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many batches a drain closes client transports in.
 const DRAIN_BATCHES: usize = 10;
@@ -233,6 +241,8 @@ impl SocketIoAdapter {
         let max_payload = config.socketio.max_payload;
         let (layer, io) = SocketIo::builder()
             .with_state(ctx)
+            .ping_interval(PING_INTERVAL)
+            .ping_timeout(PING_TIMEOUT)
             .max_buffer_size(config.socketio.max_outbound_queue)
             .max_payload(max_payload)
             .ws_max_message_size(usize::try_from(max_payload).unwrap_or(usize::MAX))
@@ -293,10 +303,30 @@ impl LocalSink for SocketIoAdapter {
             let Some((name, payload)) = profile.render(&delivery.event) else {
                 continue;
             };
-            if let Err(e) = ops.emit(name, &payload).await {
-                tracing::debug!(ns = %ns, event = name, error = %e, "some local sockets missed an event");
+            match ops.emit(name, &payload).await {
+                Ok(()) => {}
+                Err(BroadcastError::Socket(errors)) => {
+                    let full = errors
+                        .iter()
+                        .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                        .count();
+                    METRICS.outbound_dropped.inc_by(full as u64);
+                }
+                Err(e) => tracing::warn!(ns = %ns, event = name, error = %e, "event not rendered"),
             }
         }
+    }
+}
+
+fn reason_label(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "closing_server",
+        _ => "protocol_error",
     }
 }
 
@@ -338,6 +368,7 @@ async fn authenticate(s: SocketRef, State(ctx): State<Arc<Ctx>>, TryData(auth): 
         let _ = conn.identity.set(who);
     }
     s.extensions.insert(conn);
+    METRICS.connections.inc();
     for (name, command) in INBOUND {
         on_event(&s, name, *command);
     }
@@ -360,6 +391,8 @@ async fn authenticate(s: SocketRef, State(ctx): State<Arc<Ctx>>, TryData(auth): 
             };
             ticket.wait().await;
             tracing::debug!(conn = %conn.id, ?reason, "disconnected");
+            METRICS.connections.dec();
+            METRICS.disconnects.with_label_values(&[reason_label(reason)]).inc();
             ctx.domain.disconnect(&conn.id).await;
         }
     });
@@ -461,6 +494,9 @@ fn reply(
     wants_ack: bool,
     result: Result<Reply, DomainError>,
 ) {
+    if let Err(e) = &result {
+        METRICS.inbound_errors.with_label_values(&[e.code().as_str()]).inc();
+    }
     let sent = match (result, wants_ack) {
         (Ok(body), true) => ack.send(&Success { success: true, body }).map_err(|e| e.to_string()),
         (Ok(_), false) => Ok(()),

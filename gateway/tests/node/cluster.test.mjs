@@ -112,6 +112,19 @@ async function readyBecomes(node, status, timeoutMs) {
   throw new Error(`node ${node.nodeId}: GET /ready did not answer ${status} within ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
 }
 
+/** `promise`, or a rejection naming `what` after `ms` (the timer does not outlive the race). */
+async function withTimeout(promise, ms, what) {
+  let timer;
+  const expiry = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} not within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, expiry]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function onlineUsers(node) {
   const r = await http('GET', `${node.url}/api/users?limit=1000`, undefined, api);
   assert.equal(r.status, 200, `node ${node.nodeId} GET /api/users: ${r.status} ${r.text}`);
@@ -449,15 +462,16 @@ test('cluster: Redis killed and restarted mid-traffic → /ready 503 then 200, t
     assert.ok(s.connected, `${s.label} is no longer connected`);
     assert.equal(s.id, ids.get(s), `${s.label} has a new socket id`);
   }
-  // Presence re-registered in the fresh Redis.
+  // Presence re-registered in the fresh Redis (rr-a* by node A, rr-b* by node B).
+  let seen = [];
   const users = await eventually(
     async () => {
-      const list = await onlineUsers(a);
-      return list.length === everyone.length ? list : null;
+      seen = sorted(await onlineUsers(a));
+      return seen.length === everyone.length ? seen : null;
     },
     { timeoutMs: 10_000, what: 'A /api/users lists the 4 users again after the Redis restart' },
-  );
-  assert.deepEqual(sorted(users), everyone);
+  ).catch((err) => assert.fail(`${err.message}; A /api/users last listed ${JSON.stringify(seen)}, expected ${JSON.stringify(everyone)}`));
+  assert.deepEqual(users, everyone);
   const online = await http('GET', `${b.url}/api/conversations/r1/online`, undefined, api);
   assert.deepEqual(sorted(online.json?.onlineUsers ?? []), everyone, `B r1 online after the Redis restart: ${online.text}`);
 });
@@ -506,7 +520,7 @@ test('cluster: SIGTERM drains node A → /ready 503 at once, clients reconnect e
       break;
     }
     if (r.error === 'ECONNREFUSED') {
-      const ex = await Promise.race([a.exited, sleep(1_000).then(() => null)]);
+      const ex = await withTimeout(a.exited, 1_000, 'exit').catch(() => null);
       assert.ok(ex, `A refused connections ${elapsed} ms after SIGTERM while still running: /ready should answer 503 while draining`);
       break; // exited before we saw a 503: acceptable only if that was fast
     }
@@ -515,8 +529,6 @@ test('cluster: SIGTERM drains node A → /ready 503 at once, clients reconnect e
   }
   if (ready503) assert.equal(ready503.json?.status, 'unavailable', `A /ready while draining: ${ready503.text}`);
 
-  const withTimeout = (p, ms, what) =>
-    Promise.race([p, sleep(ms).then(() => Promise.reject(new Error(`${what} not within ${ms} ms`)))]);
   const moved = await withTimeout(Promise.all(moves), 30_000, 'every client of A disconnected');
   for (const m of moved) {
     assert.notEqual(m.reason, 'io server disconnect', `${m.sub}: drained with 'io server disconnect' (the client would not reconnect)`);

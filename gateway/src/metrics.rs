@@ -1,0 +1,116 @@
+//! Every Prometheus metric of the node, registered here once and served at `/metrics`.
+//! Labels come from small fixed sets: never a user, conversation or connection id.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::LazyLock;
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Open Socket.IO connections (one per namespace socket), by transport.
+    pub connections: IntGauge,
+    /// Connections closed, by reason (`transport_close`, `heartbeat_timeout` — which includes
+    /// consumers whose outbound queue stayed full —, `server_disconnect`, `client_disconnect`, …).
+    pub disconnects: IntCounterVec,
+    /// Frames not written because a connection's outbound queue was full.
+    pub outbound_dropped: IntCounter,
+    /// Inbound events answered with an error, by code.
+    pub inbound_errors: IntCounterVec,
+    /// Events published on the bus.
+    pub bus_published: IntCounter,
+    /// Events received from other nodes.
+    pub bus_received: IntCounter,
+    /// Bus envelopes dropped: undecodable, of another version, or lost by a lagging receiver.
+    pub bus_dropped: IntCounter,
+    /// Times the bus subscribed again to its topics after Redis came back.
+    pub bus_resubscribes: IntCounter,
+    /// Connections of dead nodes removed by this node's reaper.
+    pub presence_reaped: IntCounter,
+}
+
+/// The metrics, registered on first use.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable_metric(name, e));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| unreachable_metric(name, e));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+/// Metric definitions are constants: a failure here is a typo caught by the first test run.
+fn unreachable_metric(name: &str, e: prometheus::Error) -> ! {
+    panic!("metric {name} is malformed: {e}")
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new_custom(Some("switchboard".into()), None).unwrap_or_default();
+        let connections = IntGauge::new("connections", "Open Socket.IO connections")
+            .unwrap_or_else(|e| unreachable_metric("connections", e));
+        let _ = registry.register(Box::new(connections.clone()));
+        Self {
+            connections,
+            disconnects: counter_vec(
+                &registry,
+                "disconnects_total",
+                "Connections closed, by reason",
+                "reason",
+            ),
+            outbound_dropped: counter(
+                &registry,
+                "outbound_dropped_total",
+                "Frames dropped because a connection's outbound queue was full",
+            ),
+            inbound_errors: counter_vec(
+                &registry,
+                "inbound_errors_total",
+                "Inbound events refused, by code",
+                "code",
+            ),
+            bus_published: counter(&registry, "bus_published_total", "Events published on the bus"),
+            bus_received: counter(&registry, "bus_received_total", "Events received from other nodes"),
+            bus_dropped: counter(&registry, "bus_dropped_total", "Bus envelopes dropped"),
+            bus_resubscribes: counter(
+                &registry,
+                "bus_resubscribes_total",
+                "Resubscriptions after Redis reconnected",
+            ),
+            presence_reaped: counter(
+                &registry,
+                "presence_reaped_total",
+                "Connections of dead nodes reaped by this node",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_the_prefix() {
+        METRICS.bus_published.inc();
+        METRICS.disconnects.with_label_values(&["transport_close"]).inc();
+        let text = METRICS.render();
+        assert!(text.contains("switchboard_bus_published_total"), "{text}");
+        assert!(
+            text.contains("switchboard_disconnects_total{reason=\"transport_close\"}"),
+            "{text}"
+        );
+    }
+}
