@@ -71,6 +71,8 @@ pub enum Command {
     Serve,
     /// Print a user JWT signed with --jwt-secret or --jwt-private-key-file.
     Token(TokenArgs),
+    /// Apply database migrations to --database-url and exit.
+    Migrate,
 }
 
 /// Flags of `switchboard token`.
@@ -168,17 +170,17 @@ pub struct Options {
     pub access: Option<String>,
 
     /// Let unauthenticated Socket.IO connections `register` a user id (trusted networks only) [default: off]
-    #[arg(long, global = true, env = "SWITCHBOARD_ALLOW_REGISTER", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, global = true, env = "SWITCHBOARD_ALLOW_REGISTER", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_register: Option<bool>,
 
     /// Development mode: generated credentials, open access, register allowed, CORS * [default: off]
-    #[arg(long, global = true, env = "SWITCHBOARD_DEV", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, global = true, env = "SWITCHBOARD_DEV", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<bool>,
 
     /// In --dev, allow listening on a non-loopback address [default: off]
-    #[arg(long, global = true, env = "SWITCHBOARD_DEV_ALLOW_REMOTE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[arg(long, global = true, env = "SWITCHBOARD_DEV_ALLOW_REMOTE", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_allow_remote: Option<bool>,
 
@@ -384,6 +386,8 @@ pub struct Config {
     pub node_id: NodeId,
     /// Cluster mode; `None` for a single node.
     pub redis: Option<RedisSettings>,
+    /// The SQL database (`sqlite://…`, `sqlite::memory:`, `postgres://…`).
+    pub database_url: String,
     /// Authentication.
     pub auth: AuthConfig,
     /// Access rule for conversations.
@@ -435,8 +439,13 @@ impl Config {
             }
             Some(_) => return Err(invalid("redis-url", "expected a redis:// or rediss:// URL")),
         };
-        if let Some(url) = &o.database_url
-            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        let database_url = o
+            .database_url
+            .clone()
+            .unwrap_or_else(|| "sqlite://switchboard.db".into());
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| database_url.starts_with(scheme))
         {
             return Err(invalid(
                 "database-url",
@@ -480,11 +489,6 @@ impl Config {
             (None, false) => AccessMode::Members,
             (Some(s), _) => parse_access(s)?,
         };
-        if access == AccessMode::Members {
-            return Err(ConfigError::Refused(
-                "--access members needs stored conversation membership, which is not available in this version yet; use --access claims or --access open".into(),
-            ));
-        }
 
         let cors = match o.cors_origins.as_deref() {
             None if dev_mode => CorsOrigins::Any,
@@ -530,6 +534,7 @@ impl Config {
             listen,
             node_id,
             redis,
+            database_url,
             auth: AuthConfig {
                 jwt,
                 loopback_trusted: dev_mode || api_key.is_none(),
@@ -800,12 +805,9 @@ mod tests {
     }
 
     #[test]
-    fn members_mode_is_refused_until_storage_exists() {
-        let err = config(opts(|o| o.access = None))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("--access members"), "{err}");
+    fn members_mode_is_the_default() -> Result<(), ConfigError> {
+        assert_eq!(config(opts(|o| o.access = None))?.access, AccessMode::Members);
+        Ok(())
     }
 
     #[test]

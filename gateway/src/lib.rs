@@ -4,10 +4,12 @@
 //! - [`config`]: flags, env and config file, parsed once into typed settings.
 //! - [`auth`]: user JWTs verified into an identity; tokens signed for `switchboard token`.
 //! - [`http`]: the REST API, health and readiness, mounted with the Socket.IO endpoint.
+//! - [`inbound`]: client payload shapes read into domain requests, shared by the adapters.
 //! - [`socketio`]: the Socket.IO adapter — inbound events to domain commands, domain events
 //!   to each namespace's vocabulary. No business rule lives here.
 //! - [`domain`]: the rules — access, presence status, typing expiry, who hears about whom.
 //! - [`bus`]: carries domain events to every node with local members of a topic.
+//! - [`store`]: conversations, members and messages — the record.
 //! - [`presence`]: who is connected where, with which status.
 //! - [`redis`]: the Redis connections a cluster node shares between bus and presence.
 //! - [`metrics`]: every Prometheus metric, registered once.
@@ -21,9 +23,11 @@ pub mod config;
 pub mod dev;
 pub mod domain;
 pub mod http;
+pub mod inbound;
 pub mod metrics;
 pub mod net;
 pub mod presence;
 pub mod redis;
 pub mod server;
 pub mod socketio;
+pub mod store;

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Serve => serve(&options),
+        Command::Migrate => migrate(&options),
     }
 }
 
@@ -65,6 +66,25 @@ fn serve(options: &Options) -> ExitCode {
     };
     match runtime.block_on(gateway::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn migrate(options: &Options) -> ExitCode {
+    let url = options.database_url.as_deref().unwrap_or("sqlite://switchboard.db");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let done = runtime.block_on(async {
+        let store = gateway::store::SqlStore::connect(url).await?;
+        store.migrate().await
+    });
+    match done {
+        Ok(()) => {
+            println!("migrations applied");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(&e.to_string()),
     }
 }

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
-    /// Open Socket.IO connections (one per namespace socket), by transport.
+    /// Open Socket.IO connections (one per namespace socket).
     pub connections: IntGauge,
     /// Connections closed, by reason (`transport_close`, `heartbeat_timeout` — which includes
     /// consumers whose outbound queue stayed full —, `server_disconnect`, `client_disconnect`, …).

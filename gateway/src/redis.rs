@@ -10,6 +10,8 @@ use std::time::Duration;
 
 /// How long one Redis command may take before it counts as failed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pub/sub messages that may wait for the bus's receiving task.
+const BUS_BACKLOG: usize = 16_384;
 /// Commands fred may hold while disconnected; beyond this they fail at once.
 const MAX_BUFFERED_COMMANDS: usize = 10_000;
 
@@ -43,6 +45,9 @@ impl Redis {
         builder
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
+                // The bus reads pub/sub messages through this channel: a burst larger than it
+                // is lost (and counted), so leave room for bursts.
+                p.broadcast_channel_capacity = BUS_BACKLOG;
             })
             .with_connection_config(|c| {
                 c.connection_timeout = COMMAND_TIMEOUT;

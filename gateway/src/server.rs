@@ -2,12 +2,13 @@
 
 use crate::bus::{Bus, LocalFanout, MemoryBus, RedisBus};
 use crate::config::Config;
-use crate::domain::{Access, Domain};
+use crate::domain::{Backends, Domain, Rules};
 use crate::http::{self, AppState, Readiness};
 use crate::net::{ClosableListener, ConnInfo};
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::redis::Redis;
 use crate::socketio::SocketIoAdapter;
+use crate::store::SqlStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -85,14 +86,24 @@ impl Node {
                 )
             }
         };
-        let domain = Arc::new(Domain::new(
-            Access::new(config.access),
+        let store = Arc::new(
+            SqlStore::connect(&config.database_url)
+                .await
+                .map_err(|e| ServeError::Startup(e.to_string()))?,
+        );
+        store.migrate().await.map_err(|e| ServeError::Startup(e.to_string()))?;
+        let backends = Backends {
             bus,
             presence,
-            config.offline_grace,
-            tasks.clone(),
-            shutdown.clone(),
-        ));
+            conversations: store.clone(),
+            messages: store.clone(),
+        };
+        let rules = Rules {
+            access: config.access,
+            offline_grace: config.offline_grace,
+            max_message_bytes: config.max_message_bytes,
+        };
+        let domain = Arc::new(Domain::new(backends, rules, tasks.clone(), shutdown.clone()));
         let (sio_layer, socketio) = SocketIoAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
         fanout.register(socketio.clone());
 
@@ -106,7 +117,7 @@ impl Node {
             jwt,
             api_key: config.auth.api_key.clone(),
             loopback_trusted: config.auth.loopback_trusted,
-            readiness: Readiness::new(redis.clone()),
+            readiness: Readiness::new(redis.clone(), store.clone()),
         });
         let max_body = usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX);
         let router = http::router(state.clone(), sio_layer, &config.cors, max_body);

@@ -87,10 +87,18 @@ fn bad_values_name_their_flag_also_from_env() {
 }
 
 #[test]
-fn members_access_is_refused_until_storage_exists() {
-    let out = switchboard(&["--jwt-secret", "s", "--listen", "127.0.0.1:0"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--access members"), "{}", stderr(&out));
+fn migrate_creates_the_sqlite_database() {
+    let dir = std::env::temp_dir().join(format!("sb-migrate-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let db = dir.join("fresh.db");
+    let url = format!("sqlite://{}", db.display());
+    let out = switchboard(&["migrate", "--database-url", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(db.is_file());
+    // Applying again is a no-op.
+    let again = switchboard(&["migrate", "--database-url", &url]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -17,6 +17,7 @@ fn config() -> Result<Config, Box<dyn std::error::Error>> {
         api_key: Some("route-key".into()),
         access: Some("claims".into()),
         max_payload: Some("4KiB".into()),
+        database_url: Some("sqlite::memory:".into()),
         ..Options::default()
     };
     Ok(Config::from_options(&options, &std::env::temp_dir())?)

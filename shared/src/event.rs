@@ -69,6 +69,97 @@ pub enum Event {
     Direct(Direct),
     /// Close the connections of a user (REST disconnect).
     Disconnect(UserRef),
+    /// A message was stored.
+    MessageCreated(Message),
+    /// A message was delivered to or read by a user (sent to the message's sender).
+    MessageStatus(MessageStatus),
+    /// A reaction was added to a message.
+    ReactionAdded(Reaction),
+    /// A reaction was removed from a message.
+    ReactionRemoved(Reaction),
+    /// A member was removed from a conversation: that user's connections leave it at once.
+    MemberRemoved(Membership),
+}
+
+/// A stored message: `{ id, conversationId, senderId, content, type, attachments, tempId, seq, sentAt }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    /// Unique id given by the gateway.
+    pub id: String,
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The author.
+    pub sender_id: UserId,
+    /// The text.
+    pub content: String,
+    /// `text`, `image`, `file`, `audio`, `video` or `system`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// http(s) URLs.
+    pub attachments: Vec<String>,
+    /// The sender's `tempId` / `clientRandom`, when given.
+    pub temp_id: Option<String>,
+    /// Position in the conversation: 1, 2, 3… without gap.
+    pub seq: i64,
+    /// When it was stored.
+    pub sent_at: DateTime<Utc>,
+    /// Free-form metadata (Phoenix clients send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Delivered or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    /// Reached a device of the user.
+    Delivered,
+    /// Read by the user.
+    Read,
+}
+
+impl ReceiptStatus {
+    /// The status as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+        }
+    }
+}
+
+/// Message status: `{ messageId, conversationId, userId, status, at, readBy? }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageStatus {
+    /// The message.
+    pub message_id: String,
+    /// Its conversation.
+    pub conversation_id: ConversationId,
+    /// Who received or read it.
+    pub user_id: UserId,
+    /// Delivered or read.
+    pub status: ReceiptStatus,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The reader, when the status is `read` (seed 002's clients read this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_by: Option<UserId>,
+}
+
+/// Reaction: `{ messageId, conversationId, userId, reaction }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reaction {
+    /// The message.
+    pub message_id: String,
+    /// Its conversation.
+    pub conversation_id: ConversationId,
+    /// Who reacted.
+    pub user_id: UserId,
+    /// An emoji or short string, at most 32 bytes.
+    pub reaction: String,
 }
 
 /// Member joined / left: `{ conversationId, userId }`.

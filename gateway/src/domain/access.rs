@@ -3,30 +3,39 @@
 use super::DomainError;
 use crate::auth::Identity;
 use crate::config::AccessMode;
+use crate::store::ConversationStore;
 use shared::ConversationId;
+use std::sync::Arc;
 
 /// The access rule of this deployment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Access {
     mode: AccessMode,
+    conversations: Arc<dyn ConversationStore>,
 }
 
 impl Access {
-    /// The rule for `mode`. `members` needs stored membership and is refused at start-up
-    /// until a store exists, so it never reaches here.
-    pub fn new(mode: AccessMode) -> Self {
-        Self { mode }
+    /// The rule for `mode`; `members` asks the conversation store.
+    pub fn new(mode: AccessMode, conversations: Arc<dyn ConversationStore>) -> Self {
+        Self { mode, conversations }
     }
 
-    /// Whether `who` may use `conversation`; an admin token may use every conversation.
-    pub fn check(&self, who: &Identity, conversation: &ConversationId) -> Result<(), DomainError> {
-        if who.admin {
-            return Ok(());
-        }
+    /// The deployment's mode.
+    pub fn mode(&self) -> AccessMode {
+        self.mode
+    }
+
+    /// Whether `who` may use `conversation`; an admin token may use every conversation. In
+    /// `members` mode a conversation that does not exist is `not_found`.
+    pub async fn check(&self, who: &Identity, conversation: &ConversationId) -> Result<(), DomainError> {
         let allowed = match self.mode {
             AccessMode::Open => true,
+            _ if who.admin => true,
             AccessMode::Claims => who.conversations.as_ref().is_some_and(|c| c.allows(conversation)),
-            AccessMode::Members => false,
+            AccessMode::Members => match self.conversations.is_member(conversation, &who.user_id).await? {
+                None => return Err(DomainError::NotFound(format!("no conversation {conversation}"))),
+                Some(member) => member,
+            },
         };
         if allowed {
             Ok(())

@@ -2,6 +2,7 @@
 
 use crate::bus::BusError;
 use crate::presence::PresenceError;
+use crate::store::StoreError;
 use shared::ErrorCode;
 
 /// A refused or failed command. The message is safe to show to the client.
@@ -53,6 +54,19 @@ impl From<PresenceError> for DomainError {
     fn from(e: PresenceError) -> Self {
         tracing::warn!(error = %e, "presence failure");
         Self::Unavailable("presence is unavailable, try again".into())
+    }
+}
+
+impl From<StoreError> for DomainError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "store failure");
+                Self::Unavailable("database unavailable: nothing was stored, try again".into())
+            }
+            StoreError::Exists(id) => Self::BadRequest(format!("conversation {id} exists already")),
+            StoreError::NoConversation(id) => Self::NotFound(format!("no conversation {id}")),
+        }
     }
 }
 

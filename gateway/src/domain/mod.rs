@@ -3,19 +3,24 @@
 //! the events it publishes on the bus.
 
 mod access;
+mod conversations;
 mod error;
+mod messages;
 mod rate;
 mod typing;
 
 pub use access::Access;
 pub use error::DomainError;
+pub use messages::{HistoryRequest, SendRequest, Sent};
 pub use rate::RateLimiter;
 pub use typing::{TYPING_TIMEOUT, TypingTimers};
 
 use crate::auth::Identity;
 use crate::bus::Bus;
+use crate::config::AccessMode;
 use crate::metrics::METRICS;
 use crate::presence::{ClusterStats, ConnectionEntry, Departure, Presence, UserPage, UserPresence};
+use crate::store::{ConversationStore, HistoryPage, HistoryQuery, MessageStore};
 use chrono::Utc;
 use shared::event::{Direct, Membership, Notification, PresenceInfo, Typing, UserRef};
 use shared::{ConnId, ConversationId, Delivery, Event, Status, Topic, UserId};
@@ -33,6 +38,34 @@ pub const MAX_PAGE: usize = 1000;
 pub struct Joined {
     /// Users with a connection joined to the conversation, cluster-wide, the joiner included.
     pub online_users: Vec<UserId>,
+    /// With a `lastSeq`: the messages after it (at most [`MAX_MISSED`]), and whether more exist.
+    pub missed: Option<HistoryPage>,
+}
+
+/// Most messages a join with `lastSeq` returns; the client pages the rest with history.
+pub const MAX_MISSED: u32 = 100;
+
+/// The backends a domain works with.
+pub struct Backends {
+    /// Carries events between nodes.
+    pub bus: Arc<dyn Bus>,
+    /// Who is connected where.
+    pub presence: Arc<dyn Presence>,
+    /// Conversations and members.
+    pub conversations: Arc<dyn ConversationStore>,
+    /// Messages, receipts and reactions.
+    pub messages: Arc<dyn MessageStore>,
+}
+
+/// Tunable rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Who may use a conversation.
+    pub access: AccessMode,
+    /// Delay before announcing a user offline.
+    pub offline_grace: Duration,
+    /// Largest message content, in bytes.
+    pub max_message_bytes: u64,
 }
 
 /// A notification as a caller asks for it.
@@ -53,30 +86,33 @@ pub struct Domain {
     access: Access,
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
+    conversations: Arc<dyn ConversationStore>,
+    messages: Arc<dyn MessageStore>,
     typing: TypingTimers,
-    offline_grace: Duration,
+    rules: Rules,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl Domain {
-    /// A domain over `bus` and `presence`; its background tasks live in `tasks` and stop with
+    /// A domain over its backends; its background tasks live in `tasks` and stop with
     /// `shutdown`.
-    pub fn new(
-        access: Access,
-        bus: Arc<dyn Bus>,
-        presence: Arc<dyn Presence>,
-        offline_grace: Duration,
-        tasks: TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let typing = TypingTimers::spawn(bus.clone(), shutdown.clone(), &tasks);
-        let domain = Self {
-            access,
+    pub fn new(backends: Backends, rules: Rules, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+        let Backends {
             bus,
             presence,
+            conversations,
+            messages,
+        } = backends;
+        let typing = TypingTimers::spawn(bus.clone(), shutdown.clone(), &tasks);
+        let domain = Self {
+            access: Access::new(rules.access, conversations.clone()),
+            bus,
+            presence,
+            conversations,
+            messages,
             typing,
-            offline_grace,
+            rules,
             tasks,
             shutdown,
         };
@@ -103,11 +139,20 @@ impl Domain {
     /// Registers an authenticated connection: it receives everything sent to its user, and
     /// the user's contacts hear that they came online when it is their first connection.
     pub async fn connect(&self, conn: &ConnId, who: &Identity) -> Result<(), DomainError> {
-        let circles = who
-            .conversations
-            .as_ref()
-            .map(|c| c.entries().to_vec())
-            .unwrap_or_default();
+        let circles = match self.access.mode() {
+            AccessMode::Members => self
+                .conversations
+                .conversations_of(&who.user_id)
+                .await?
+                .into_iter()
+                .map(|c| c.0)
+                .collect(),
+            _ => who
+                .conversations
+                .as_ref()
+                .map(|c| c.entries().to_vec())
+                .unwrap_or_default(),
+        };
         self.bus.subscribe(&Topic::User(who.user_id.clone())).await?;
         let arrived = match self
             .presence
@@ -164,7 +209,7 @@ impl Domain {
     fn settle_after_grace(&self, user: UserId, announce: bool) {
         let presence = self.presence.clone();
         let bus = self.bus.clone();
-        let grace = self.offline_grace;
+        let grace = self.rules.offline_grace;
         let span = tracing::debug_span!("offline_grace", user = %user);
         // Not cancelled by shutdown: a draining node still settles its users' departures.
         self.tasks.spawn(
@@ -194,14 +239,16 @@ impl Domain {
         );
     }
 
-    /// Joins a connection to a conversation so it receives its events.
+    /// Joins a connection to a conversation so it receives its events; with `last_seq`, also
+    /// answers the messages stored after it.
     pub async fn join(
         &self,
         conn: &ConnId,
         who: &Identity,
         conversation: &ConversationId,
+        last_seq: Option<i64>,
     ) -> Result<Joined, DomainError> {
-        self.access.check(who, conversation)?;
+        self.access.check(who, conversation).await?;
         let topic = Topic::Conversation(conversation.clone());
         // Subscribe first so no event published right after the join is missed.
         self.bus.subscribe(&topic).await?;
@@ -225,7 +272,22 @@ impl Domain {
                 .await?;
         }
         let online_users = self.presence.conversation_online(conversation).await?;
-        Ok(Joined { online_users })
+        let missed = match last_seq {
+            Some(after) => Some(
+                self.messages
+                    .history(
+                        conversation,
+                        HistoryQuery {
+                            before: None,
+                            after: Some(after),
+                            limit: MAX_MISSED,
+                        },
+                    )
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok(Joined { online_users, missed })
     }
 
     /// Takes a connection out of a conversation.
@@ -255,7 +317,7 @@ impl Domain {
         conversation: &ConversationId,
         is_typing: bool,
     ) -> Result<(), DomainError> {
-        self.access.check(who, conversation)?;
+        self.access.check(who, conversation).await?;
         if is_typing {
             self.typing.start(conversation.clone(), who.user_id.clone());
         } else {
@@ -299,7 +361,7 @@ impl Domain {
         conversation: &ConversationId,
     ) -> Result<Vec<UserId>, DomainError> {
         if let Some(who) = who {
-            self.access.check(who, conversation)?;
+            self.access.check(who, conversation).await?;
         }
         Ok(self.presence.conversation_online(conversation).await?)
     }
@@ -450,6 +512,7 @@ mod tests {
     use crate::bus::tests::Recorder;
     use crate::config::AccessMode;
     use crate::presence::MemoryPresence;
+    use crate::store::SqlStore;
     use tokio::sync::mpsc;
 
     fn who(user: &str) -> Identity {
@@ -460,21 +523,29 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_reload_within_the_grace_announces_nothing_and_a_departure_once() -> Result<(), DomainError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(Arc::new(Recorder(tx))));
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new("n1".into()));
         let grace = Duration::from_secs(3);
         let tasks = TaskTracker::new();
-        let domain = Domain::new(
-            Access::new(AccessMode::Claims),
+        let store = Arc::new(SqlStore::connect("sqlite::memory:").await?);
+        store.migrate().await?;
+        let backends = Backends {
             bus,
             presence,
-            grace,
-            tasks.clone(),
-            CancellationToken::new(),
-        );
+            conversations: store.clone(),
+            messages: store,
+        };
+        let rules = Rules {
+            access: AccessMode::Claims,
+            offline_grace: grace,
+            max_message_bytes: 8192,
+        };
+        let domain = Domain::new(backends, rules, tasks.clone(), CancellationToken::new());
+        // The store is set up on the real clock; the grace runs on a paused one.
+        tokio::time::pause();
         domain.connect(&"b1".into(), &who("bob")).await?;
         domain.connect(&"a1".into(), &who("alice")).await?;
         let online = rx.try_recv().map(|d| d.event.clone()).ok();

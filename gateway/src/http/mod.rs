@@ -8,11 +8,12 @@ mod error;
 pub use caller::Caller;
 pub use error::ApiError;
 
-use crate::auth::JwtSettings;
+use crate::auth::{Identity, JwtSettings};
 use crate::config::CorsOrigins;
-use crate::domain::{Domain, DomainError, MAX_PAGE, NotificationRequest};
+use crate::domain::{Domain, DomainError, HistoryRequest, MAX_PAGE, NotificationRequest};
 use crate::metrics::METRICS;
 use crate::redis::Redis;
+use crate::store::ConversationStore;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// Longest event name a REST caller may choose.
 const MAX_EVENT_NAME: usize = 128;
@@ -42,18 +43,19 @@ const RESERVED_EVENTS: &[&str] = &[
 ];
 
 /// Whether the node takes new work.
-#[derive(Default)]
 pub struct Readiness {
     draining: AtomicBool,
     redis: Option<Redis>,
+    store: Arc<dyn ConversationStore>,
 }
 
 impl Readiness {
-    /// Readiness that also requires `redis` to answer, in cluster mode.
-    pub fn new(redis: Option<Redis>) -> Self {
+    /// Readiness that requires the database, and `redis` in cluster mode, to answer.
+    pub fn new(redis: Option<Redis>, store: Arc<dyn ConversationStore>) -> Self {
         Self {
             draining: AtomicBool::new(false),
             redis,
+            store,
         }
     }
 
@@ -70,9 +72,14 @@ impl Readiness {
         if self.draining.load(Ordering::SeqCst) {
             return Some("draining");
         }
-        match &self.redis {
-            Some(redis) if !redis.reachable().await => Some("redis unreachable"),
-            _ => None,
+        if let Some(redis) = &self.redis
+            && !redis.reachable().await
+        {
+            return Some("redis unreachable");
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.store.ping()).await {
+            Ok(Ok(())) => None,
+            _ => Some("database unreachable"),
         }
     }
 }
@@ -127,6 +134,14 @@ pub fn router(state: Arc<AppState>, socketio: SocketIoLayer, cors: &CorsOrigins,
         .route("/websocket/notify", post(notify))
         .route("/websocket/broadcast", post(broadcast_event))
         .route("/api/conversations/{id}/emit", post(emit))
+        .route("/api/conversations", post(create_conversation))
+        .route("/api/conversations/{id}", get(get_conversation))
+        .route(
+            "/api/conversations/{id}/members/{user_id}",
+            axum::routing::put(add_member).delete(remove_member),
+        )
+        .route("/api/conversations/{id}/messages", post(send_message).get(history))
+        .route("/bams/{id}/messages", post(send_message).get(history))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
@@ -141,7 +156,8 @@ pub fn router(state: Arc<AppState>, socketio: SocketIoLayer, cors: &CorsOrigins,
             ApiError(DomainError::Internal).into_response()
         }))
         .layer(tower::util::option_layer(cors_layer(cors)))
-        .layer(TraceLayer::new_for_http())
+        // A 503 from /ready during an outage is expected: not an error for the logs.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
 }
 
 /// While draining, new Socket.IO sessions get 503 at the HTTP level, which clients treat as a
@@ -409,4 +425,126 @@ async fn emit(
         .emit_to_conversation(&ConversationId(id), event, body.data)
         .await?;
     Ok(status("Event emitted"))
+}
+
+#[derive(Deserialize)]
+struct CreateConversation {
+    id: Option<Value>,
+    title: Option<String>,
+    #[serde(default)]
+    members: Vec<Value>,
+}
+
+fn id_value(field: &str, v: &Value) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) if !s.is_empty() && s.len() <= crate::inbound::MAX_ID_BYTES => Ok(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        _ => Err(DomainError::BadRequest(format!("{field} must be a non-empty string or an integer")).into()),
+    }
+}
+
+async fn create_conversation(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<CreateConversation>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server()?;
+    let id = body
+        .id
+        .as_ref()
+        .map(|v| id_value("id", v).map(ConversationId))
+        .transpose()?;
+    let members = body
+        .members
+        .iter()
+        .map(|m| id_value("members", m).map(UserId))
+        .collect::<Result<Vec<_>, _>>()?;
+    let conversation = state.domain.create_conversation(id, body.title, members).await?;
+    Ok((StatusCode::CREATED, Json(conversation)))
+}
+
+async fn get_conversation(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        state
+            .domain
+            .conversation(caller.identity(), &ConversationId(id))
+            .await?,
+    ))
+}
+
+async fn add_member(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path((id, user)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server()?;
+    state.domain.add_member(&ConversationId(id), &UserId(user)).await?;
+    Ok(status("Member added"))
+}
+
+async fn remove_member(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path((id, user)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server()?;
+    state.domain.remove_member(&ConversationId(id), &UserId(user)).await?;
+    Ok(status("Member removed"))
+}
+
+async fn send_message(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(mut body): ApiJson<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(map) = body.as_object_mut() else {
+        return Err(DomainError::BadRequest("body must be a JSON object".into()).into());
+    };
+    // The path names the conversation, whatever the body says.
+    map.insert("conversationId".into(), Value::String(id));
+    let sender = match (&caller, map.get("senderId")) {
+        (Caller::User(who), _) => who.clone(),
+        (Caller::Server, Some(v)) if !v.is_null() => Identity {
+            user_id: UserId(id_value("senderId", v)?),
+            admin: true,
+            conversations: None,
+        },
+        (Caller::Server, _) => return Err(DomainError::BadRequest("senderId is required".into()).into()),
+    };
+    let request = crate::inbound::send(&body)?;
+    let sent = state.domain.send(&sender, request).await?;
+    let code = if sent.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(sent.message)))
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    before: Option<i64>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn history(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    let request = HistoryRequest {
+        conversation_id: ConversationId(id),
+        before: q.before,
+        after: q.after,
+        limit: q.limit,
+    };
+    let page = state.domain.history(caller.identity(), request).await?;
+    Ok(Json(page))
 }

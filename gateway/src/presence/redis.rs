@@ -28,6 +28,8 @@ pub struct RedisPresence {
     ttl: Duration,
     started_at: DateTime<Utc>,
     local: Mutex<Local>,
+    /// Set once the node left the cluster: the heartbeat must not register it again.
+    departed: std::sync::atomic::AtomicBool,
 }
 
 /// This node's own connections, to register again when Redis lost them.
@@ -96,6 +98,7 @@ impl RedisPresence {
             ttl,
             started_at: Utc::now(),
             local: Mutex::new(Local::default()),
+            departed: std::sync::atomic::AtomicBool::new(false),
         };
         presence.load().await?;
         presence.heartbeat().await?;
@@ -250,7 +253,7 @@ impl Presence for RedisPresence {
     }
 
     async fn disconnect(&self, conn: &ConnId) -> Result<Option<Disconnected>, PresenceError> {
-        let user = {
+        let (user, joined) = {
             let mut local = self.local();
             let Some(gone) = local.conns.remove(conn) else {
                 return Ok(None);
@@ -258,14 +261,23 @@ impl Presence for RedisPresence {
             if !local.conns.values().any(|c| c.user == gone.user) {
                 local.statuses.remove(&gone.user);
             }
-            gone.user
+            (gone.user, gone.joined)
         };
         let now = now_ms().to_string();
         let v = match self.call("sb_disconnect", &[&self.node_id.0, &conn.0, &now]).await {
             Ok(v) => v,
             Err(e) => {
+                // The connection is gone here; Redis forgets it on a later heartbeat. Without
+                // Redis nobody can tell whether it was the user's last, so nothing is announced.
+                tracing::warn!(error = %e, "disconnect queued until Redis answers");
                 self.local().pending_drops.push(conn.clone());
-                return Err(e);
+                return Ok(Some(Disconnected {
+                    user,
+                    last_connection: false,
+                    joined: joined.into_iter().collect(),
+                    left: Vec::new(),
+                    was_visible: false,
+                }));
             }
         };
         let mut v = items(v).into_iter();
@@ -418,11 +430,15 @@ impl Presence for RedisPresence {
     }
 
     async fn maintain(&self) -> Result<Vec<Departure>, PresenceError> {
+        if self.departed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Vec::new());
+        }
         self.heartbeat().await?;
         self.reap().await
     }
 
     async fn depart(&self) -> Result<Vec<Departure>, PresenceError> {
+        self.departed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.call("sb_depart", &[&self.node_id.0]).await?;
         self.reap().await
     }

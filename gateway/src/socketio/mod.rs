@@ -2,7 +2,6 @@
 //! connections, turns inbound events into domain commands and acks, and renders the domain
 //! events this node receives into each namespace's vocabulary.
 
-mod inbound;
 mod profile;
 
 pub use profile::{Profile, profile};
@@ -11,12 +10,14 @@ use crate::auth::{Identity, JwtSettings};
 use crate::bus::LocalSink;
 use crate::config::{Config, RateLimit};
 use crate::domain::{Domain, DomainError, RateLimiter};
+use crate::inbound;
 use crate::metrics::METRICS;
 use crate::net::{Closer, ConnInfo};
 use async_trait::async_trait;
 use futures::FutureExt;
 use serde::Serialize;
 use serde_json::Value;
+use shared::event::{Membership, Message, ReceiptStatus};
 use shared::{ConnId, ConversationId, Delivery, Event, NodeId, Status, Topic, UserId};
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
@@ -59,6 +60,15 @@ const INBOUND: &[(&str, Command)] = &[
     ("presence:update", Command::Status),
     ("status-change", Command::Status),
     ("conversation:users:online", Command::OnlineUsers),
+    ("message:send", Command::Send),
+    ("send-message", Command::Send),
+    ("message:delivered", Command::Delivered),
+    ("message:read", Command::Read),
+    ("conversation:read", Command::ReadAll),
+    ("mark_all_read", Command::ReadAll),
+    ("reaction:add", Command::ReactionAdd),
+    ("reaction:remove", Command::ReactionRemove),
+    ("conversation:history", Command::History),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +81,13 @@ enum Command {
     Typing,
     Status,
     OnlineUsers,
+    Send,
+    Delivered,
+    Read,
+    ReadAll,
+    ReactionAdd,
+    ReactionRemove,
+    History,
 }
 
 fn user_room(user: &UserId) -> String {
@@ -176,6 +193,17 @@ enum Reply {
         message: String,
         conversation_id: ConversationId,
         online_users: Vec<UserId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        missed: Option<Vec<Message>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        has_more: Option<bool>,
+    },
+    Sent {
+        message: Message,
+    },
+    History {
+        messages: Vec<Message>,
+        has_more: bool,
     },
     Left {
         conversation_id: ConversationId,
@@ -210,6 +238,13 @@ struct JoinConfirmation<'a> {
     online_users: &'a [UserId],
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SendConfirmation<'a> {
+    temp_id: Option<&'a str>,
+    message: &'a Message,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Refused(String);
@@ -218,6 +253,7 @@ struct Refused(String);
 pub struct SocketIoAdapter {
     io: SocketIo,
     namespaces: Vec<(String, &'static Profile)>,
+    ctx: Arc<Ctx>,
 }
 
 impl SocketIoAdapter {
@@ -240,7 +276,7 @@ impl SocketIoAdapter {
         });
         let max_payload = config.socketio.max_payload;
         let (layer, io) = SocketIo::builder()
-            .with_state(ctx)
+            .with_state(ctx.clone())
             .ping_interval(PING_INTERVAL)
             .ping_timeout(PING_TIMEOUT)
             .max_buffer_size(config.socketio.max_outbound_queue)
@@ -251,7 +287,22 @@ impl SocketIoAdapter {
         for (ns, _) in &namespaces {
             io.ns(ns.clone(), on_connect.with(authenticate));
         }
-        Ok((layer, Arc::new(Self { io, namespaces })))
+        Ok((layer, Arc::new(Self { io, namespaces, ctx })))
+    }
+
+    /// A removed member's local connections leave the conversation at once.
+    async fn remove_member(&self, sockets: Vec<SocketRef>, removed: &Membership) {
+        let room = conversation_room(&removed.conversation_id);
+        for socket in sockets {
+            let Some(conn) = socket.extensions.get::<Arc<Conn>>() else {
+                continue;
+            };
+            let Some(who) = conn.identity.get() else { continue };
+            if let Err(e) = self.ctx.domain.leave(&conn.id, who, &removed.conversation_id).await {
+                tracing::warn!(conn = %conn.id, error = %e, "removed member not taken out of presence");
+            }
+            socket.leave(room.clone());
+        }
     }
 
     /// Closes every connection's transport, in batches spread over `window`, so that clients
@@ -296,9 +347,16 @@ impl LocalSink for SocketIoAdapter {
                 Some(u) => ops.except(user_room(u)),
                 None => ops,
             };
-            if let Event::Disconnect(_) = delivery.event {
-                ops.disconnect().await.ok();
-                continue;
+            match &delivery.event {
+                Event::Disconnect(_) => {
+                    ops.disconnect().await.ok();
+                    continue;
+                }
+                Event::MemberRemoved(removed) => {
+                    self.remove_member(ops.sockets(), removed).await;
+                    continue;
+                }
+                _ => {}
             }
             let Some((name, payload)) = profile.render(&delivery.event) else {
                 continue;
@@ -545,7 +603,8 @@ async fn dispatch(
         Command::Register => Err(DomainError::Internal),
         Command::Join => {
             let conversation = inbound::conversation(&payload)?;
-            let joined = domain.join(&conn.id, who, &conversation).await?;
+            let last_seq = inbound::last_seq(&payload)?;
+            let joined = domain.join(&conn.id, who, &conversation, last_seq).await?;
             s.join(conversation_room(&conversation));
             if let Some(name) = ctx.profile(s.ns()).join_confirmation {
                 let confirmation = JoinConfirmation {
@@ -554,10 +613,16 @@ async fn dispatch(
                 };
                 s.emit(name, &confirmation).ok();
             }
+            let (missed, has_more) = match joined.missed {
+                Some(page) => (Some(page.messages), Some(page.has_more)),
+                None => (None, None),
+            };
             Ok(Reply::Joined {
                 message: format!("Joined conversation {conversation}"),
                 conversation_id: conversation,
                 online_users: joined.online_users,
+                missed,
+                has_more,
             })
         }
         Command::Leave => {
@@ -588,6 +653,43 @@ async fn dispatch(
             let conversation = inbound::conversation(&payload)?;
             let online_users = domain.conversation_online(Some(who), &conversation).await?;
             Ok(Reply::Online { online_users })
+        }
+        Command::Send => {
+            let sent = domain.send(who, inbound::send(&payload)?).await?;
+            if let Some(name) = ctx.profile(s.ns()).send_confirmation {
+                let confirmation = SendConfirmation {
+                    temp_id: sent.message.temp_id.as_deref(),
+                    message: &sent.message,
+                };
+                s.emit(name, &confirmation).ok();
+            }
+            Ok(Reply::Sent { message: sent.message })
+        }
+        Command::Delivered | Command::Read => {
+            let status = match command {
+                Command::Read => ReceiptStatus::Read,
+                _ => ReceiptStatus::Delivered,
+            };
+            domain.receipt(who, &inbound::message_id(&payload)?, status).await?;
+            Ok(Reply::Done {})
+        }
+        Command::ReadAll => {
+            domain.mark_all_read(who, &inbound::conversations(&payload)?).await?;
+            Ok(Reply::Done {})
+        }
+        Command::ReactionAdd | Command::ReactionRemove => {
+            let (message_id, reaction) = inbound::reaction(&payload)?;
+            domain
+                .react(who, &message_id, &reaction, command == Command::ReactionAdd)
+                .await?;
+            Ok(Reply::Done {})
+        }
+        Command::History => {
+            let page = domain.history(Some(who), inbound::history(&payload)?).await?;
+            Ok(Reply::History {
+                messages: page.messages,
+                has_more: page.has_more,
+            })
         }
     }
 }

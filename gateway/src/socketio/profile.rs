@@ -4,7 +4,9 @@
 use crate::config::ProfileName;
 use serde::Serialize;
 use shared::Event;
-use shared::event::{Direct, Membership, Notification, PresenceInfo, Typing};
+use shared::event::{
+    Direct, Membership, Message, MessageStatus, Notification, PresenceInfo, Reaction, ReceiptStatus, Typing,
+};
 
 /// The outbound event names of one profile.
 #[derive(Debug)]
@@ -17,6 +19,20 @@ pub struct Profile {
     pub member_left: &'static str,
     /// Sent to the joining connection besides the ack; `None`: ack only.
     pub join_confirmation: Option<&'static str>,
+    /// A message was stored.
+    pub new_message: &'static str,
+    /// The new-message payload is the message itself (`bam`), not `{ message, timestamp }`.
+    pub new_message_bare: bool,
+    /// Sent to the sending connection besides the ack; `None`: ack only.
+    pub send_confirmation: Option<&'static str>,
+    /// Delivered/read status, to the message's sender.
+    pub message_status: &'static str,
+    /// Only `read` statuses are sent (seed 002's `message:read:ack`).
+    pub status_reads_only: bool,
+    /// A reaction was added.
+    pub reaction_added: &'static str,
+    /// A reaction was removed.
+    pub reaction_removed: &'static str,
     /// Typing started or stopped.
     pub typing: &'static str,
     /// A contact's first connection opened.
@@ -37,6 +53,13 @@ pub static ALT: Profile = Profile {
     member_joined: "user:joined",
     member_left: "user:left",
     join_confirmation: Some("room:joined"),
+    new_message: "message:new",
+    new_message_bare: false,
+    send_confirmation: Some("message:ack"),
+    message_status: "message:status",
+    status_reads_only: false,
+    reaction_added: "reaction:added",
+    reaction_removed: "reaction:removed",
     typing: "typing:user",
     user_online: "user:online",
     user_offline: "user:offline",
@@ -51,6 +74,13 @@ pub static CHAT: Profile = Profile {
     member_joined: "user:joined",
     member_left: "user:left",
     join_confirmation: None,
+    new_message: "message:new",
+    new_message_bare: false,
+    send_confirmation: None,
+    message_status: "message:read:ack",
+    status_reads_only: true,
+    reaction_added: "reaction:added",
+    reaction_removed: "reaction:removed",
     typing: "user:typing",
     user_online: "user:online",
     user_offline: "user:offline",
@@ -65,6 +95,13 @@ pub static BAM: Profile = Profile {
     member_joined: "user-joined-bam",
     member_left: "user-left-bam",
     join_confirmation: None,
+    new_message: "new-message",
+    new_message_bare: true,
+    send_confirmation: None,
+    message_status: "message-status",
+    status_reads_only: false,
+    reaction_added: "reaction:added",
+    reaction_removed: "reaction:removed",
     typing: "typing-status",
     user_online: "presence-update",
     user_offline: "presence-update",
@@ -96,6 +133,19 @@ pub enum Payload<'a> {
     Notification(&'a Notification),
     /// Passed through as posted.
     Raw(&'a serde_json::Value),
+    /// The message itself.
+    Message(&'a Message),
+    /// `{ message, timestamp }`.
+    NewMessage {
+        /// The message.
+        message: &'a Message,
+        /// When it was stored.
+        timestamp: chrono::DateTime<chrono::Utc>,
+    },
+    /// `{ messageId, conversationId, userId, status, at, readBy? }`.
+    Status(&'a MessageStatus),
+    /// `{ messageId, conversationId, userId, reaction }`.
+    Reaction(&'a Reaction),
 }
 
 impl Profile {
@@ -111,7 +161,19 @@ impl Profile {
             Event::PresenceChanged(p) => (self.presence_changed, Payload::Presence(p)),
             Event::Notification(n) => (self.notification, Payload::Notification(n)),
             Event::Direct(Direct { event, data }) => (event.as_str(), Payload::Raw(data)),
-            Event::Disconnect(_) => return None,
+            Event::MessageCreated(m) if self.new_message_bare => (self.new_message, Payload::Message(m)),
+            Event::MessageCreated(m) => (
+                self.new_message,
+                Payload::NewMessage {
+                    message: m,
+                    timestamp: m.sent_at,
+                },
+            ),
+            Event::MessageStatus(st) if self.status_reads_only && st.status != ReceiptStatus::Read => return None,
+            Event::MessageStatus(st) => (self.message_status, Payload::Status(st)),
+            Event::ReactionAdded(r) => (self.reaction_added, Payload::Reaction(r)),
+            Event::ReactionRemoved(r) => (self.reaction_removed, Payload::Reaction(r)),
+            Event::Disconnect(_) | Event::MemberRemoved(_) => return None,
         })
     }
 }

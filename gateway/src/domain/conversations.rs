@@ -1,0 +1,77 @@
+//! Conversations and members through the REST API.
+
+use super::{Domain, DomainError};
+use crate::auth::Identity;
+use crate::config::AccessMode;
+use crate::store::Conversation;
+use serde::Serialize;
+use shared::event::Membership;
+use shared::{ConversationId, Delivery, Event, Topic, UserId};
+
+/// A conversation as a caller sees it, with their unread count.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationView {
+    /// The conversation.
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    /// Messages of others the caller has not read; null for a server caller.
+    pub unread: Option<i64>,
+}
+
+impl Domain {
+    /// Creates a conversation; the id is generated when not given.
+    pub async fn create_conversation(
+        &self,
+        id: Option<ConversationId>,
+        title: Option<String>,
+        members: Vec<UserId>,
+    ) -> Result<Conversation, DomainError> {
+        let id = id.unwrap_or_else(|| ConversationId(uuid::Uuid::now_v7().to_string()));
+        let mut members = members;
+        members.sort();
+        members.dedup();
+        Ok(self.conversations.create(&id, title.as_deref(), &members).await?)
+    }
+
+    /// A conversation; a user caller must have access to it.
+    pub async fn conversation(
+        &self,
+        who: Option<&Identity>,
+        id: &ConversationId,
+    ) -> Result<ConversationView, DomainError> {
+        if let Some(who) = who {
+            self.access.check(who, id).await?;
+        }
+        let conversation = self
+            .conversations
+            .get(id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no conversation {id}")))?;
+        let unread = match who {
+            Some(who) => Some(self.messages.unread(id, &who.user_id).await?),
+            None => None,
+        };
+        Ok(ConversationView { conversation, unread })
+    }
+
+    /// Adds a member.
+    pub async fn add_member(&self, id: &ConversationId, user: &UserId) -> Result<(), DomainError> {
+        self.conversations.add_member(id, user).await?;
+        Ok(())
+    }
+
+    /// Removes a member; in `members` mode their connections leave the conversation at once,
+    /// on every node.
+    pub async fn remove_member(&self, id: &ConversationId, user: &UserId) -> Result<(), DomainError> {
+        self.conversations.remove_member(id, user).await?;
+        if self.access.mode() == AccessMode::Members {
+            let event = Event::MemberRemoved(Membership {
+                conversation_id: id.clone(),
+                user_id: user.clone(),
+            });
+            self.bus.publish(Delivery::to(Topic::User(user.clone()), event)).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! Sending, history, receipts and reactions: validate → authorize → store → fan out.
+
+use super::{Domain, DomainError};
+use crate::auth::Identity;
+use crate::store::{Appended, HistoryPage, HistoryQuery, NewMessage};
+use chrono::Utc;
+use shared::event::{Message, MessageStatus, Reaction, ReceiptStatus};
+use shared::{ConversationId, Delivery, Event, Topic};
+
+/// Message types a client may send.
+pub const MESSAGE_TYPES: &[&str] = &["text", "image", "file", "audio", "video", "system"];
+/// Most attachments per message.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// Longest attachment URL, in bytes.
+pub const MAX_ATTACHMENT_URL: usize = 2048;
+/// Longest `tempId` / `clientRandom`, in bytes.
+pub const MAX_CLIENT_REF: usize = 64;
+/// Longest reaction, in bytes.
+pub const MAX_REACTION: usize = 32;
+/// History page size when none is asked, and the most a page may hold.
+pub const DEFAULT_PAGE: u32 = 50;
+/// The most a history page may hold.
+pub const MAX_PAGE: u32 = 200;
+
+/// A message as a client asks to send it (shapes already read by the adapter).
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    /// Where.
+    pub conversation_id: ConversationId,
+    /// The text.
+    pub content: String,
+    /// `type`; `text` when absent.
+    pub kind: Option<String>,
+    /// Attachment URLs.
+    pub attachments: Vec<String>,
+    /// `tempId` / `clientRandom`.
+    pub client_ref: Option<String>,
+    /// Free-form metadata.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A page of history as a client asks for it.
+#[derive(Debug, Clone)]
+pub struct HistoryRequest {
+    /// Which conversation.
+    pub conversation_id: ConversationId,
+    /// Only seqs below.
+    pub before: Option<i64>,
+    /// Only seqs above.
+    pub after: Option<i64>,
+    /// Page size; [`DEFAULT_PAGE`] when absent, at most [`MAX_PAGE`].
+    pub limit: Option<u32>,
+}
+
+/// A stored message, and whether this request stored it (false for a retry).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The stored message.
+    pub message: Message,
+    /// Stored by this request.
+    pub created: bool,
+}
+
+fn bad(msg: impl Into<String>) -> DomainError {
+    DomainError::BadRequest(msg.into())
+}
+
+impl Domain {
+    fn validate(&self, request: &SendRequest) -> Result<(), DomainError> {
+        if request.content.is_empty() {
+            return Err(bad("content must not be empty"));
+        }
+        if request.content.len() as u64 > self.rules.max_message_bytes {
+            return Err(DomainError::PayloadTooLarge(format!(
+                "content is longer than {} bytes",
+                self.rules.max_message_bytes
+            )));
+        }
+        if let Some(kind) = &request.kind
+            && !MESSAGE_TYPES.contains(&kind.as_str())
+        {
+            return Err(bad(format!(
+                "unknown type '{kind}': expected one of {}",
+                MESSAGE_TYPES.join(", ")
+            )));
+        }
+        if request.attachments.len() > MAX_ATTACHMENTS {
+            return Err(bad(format!("at most {MAX_ATTACHMENTS} attachments")));
+        }
+        for url in &request.attachments {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.len() > MAX_ATTACHMENT_URL {
+                return Err(bad(format!(
+                    "attachments must be http(s) URLs of at most {MAX_ATTACHMENT_URL} bytes"
+                )));
+            }
+        }
+        if request
+            .client_ref
+            .as_ref()
+            .is_some_and(|r| r.is_empty() || r.len() > MAX_CLIENT_REF)
+        {
+            return Err(bad(format!("tempId must be 1 to {MAX_CLIENT_REF} bytes")));
+        }
+        Ok(())
+    }
+
+    /// Stores a message and tells the conversation. A retry with the same client ref stores
+    /// nothing, tells no one, and answers the first message.
+    pub async fn send(&self, who: &Identity, request: SendRequest) -> Result<Sent, DomainError> {
+        self.validate(&request)?;
+        self.access.check(who, &request.conversation_id).await?;
+        let appended = self
+            .messages
+            .append(NewMessage {
+                conversation_id: request.conversation_id,
+                sender_id: who.user_id.clone(),
+                content: request.content,
+                kind: request.kind.unwrap_or_else(|| "text".into()),
+                attachments: request.attachments,
+                client_ref: request.client_ref,
+                metadata: request.metadata,
+            })
+            .await?;
+        let message = match appended {
+            Appended::Existing(message) => {
+                return Ok(Sent {
+                    message,
+                    created: false,
+                });
+            }
+            Appended::Created(message) => message,
+        };
+        let topic = Topic::Conversation(message.conversation_id.clone());
+        // Stored is what counts: a bus failure leaves the message to history and `lastSeq`.
+        if let Err(e) = self
+            .bus
+            .publish(Delivery::to(topic, Event::MessageCreated(message.clone())))
+            .await
+        {
+            tracing::warn!(error = %e, "stored message not fanned out");
+        }
+        Ok(Sent { message, created: true })
+    }
+
+    /// A page of a conversation's history.
+    pub async fn history(&self, who: Option<&Identity>, request: HistoryRequest) -> Result<HistoryPage, DomainError> {
+        let HistoryRequest {
+            conversation_id: conversation,
+            before,
+            after,
+            limit,
+        } = request;
+        if let Some(who) = who {
+            self.access.check(who, &conversation).await?;
+        }
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(bad(format!("limit must be 1 to {MAX_PAGE}")));
+        }
+        Ok(self
+            .messages
+            .history(&conversation, HistoryQuery { before, after, limit })
+            .await?)
+    }
+
+    async fn readable_message(&self, who: &Identity, message_id: &str) -> Result<Message, DomainError> {
+        let message = self
+            .messages
+            .message(message_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no message {message_id}")))?;
+        self.access.check(who, &message.conversation_id).await?;
+        Ok(message)
+    }
+
+    /// Records that `who` received or read a message; its sender hears of it once.
+    pub async fn receipt(&self, who: &Identity, message_id: &str, status: ReceiptStatus) -> Result<(), DomainError> {
+        let message = self.readable_message(who, message_id).await?;
+        let at = Utc::now();
+        let new = self.messages.record_receipt(&message, &who.user_id, status, at).await?;
+        if new && message.sender_id != who.user_id {
+            let event = Event::MessageStatus(MessageStatus {
+                message_id: message.id.clone(),
+                conversation_id: message.conversation_id.clone(),
+                user_id: who.user_id.clone(),
+                status,
+                at,
+                read_by: (status == ReceiptStatus::Read).then(|| who.user_id.clone()),
+            });
+            self.bus
+                .publish(Delivery::to(Topic::User(message.sender_id.clone()), event))
+                .await
+                .ok();
+        }
+        Ok(())
+    }
+
+    /// Marks everything read up to now in each conversation.
+    pub async fn mark_all_read(&self, who: &Identity, conversations: &[ConversationId]) -> Result<(), DomainError> {
+        for conversation in conversations {
+            self.access.check(who, conversation).await?;
+        }
+        for conversation in conversations {
+            self.messages.mark_all_read(conversation, &who.user_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds or removes a reaction; the conversation hears of each change once.
+    pub async fn react(&self, who: &Identity, message_id: &str, reaction: &str, add: bool) -> Result<(), DomainError> {
+        if reaction.is_empty() || reaction.len() > MAX_REACTION {
+            return Err(bad(format!("reaction must be 1 to {MAX_REACTION} bytes")));
+        }
+        let message = self.readable_message(who, message_id).await?;
+        if !self.messages.react(&message, &who.user_id, reaction, add).await? {
+            return Ok(());
+        }
+        let payload = Reaction {
+            message_id: message.id.clone(),
+            conversation_id: message.conversation_id.clone(),
+            user_id: who.user_id.clone(),
+            reaction: reaction.to_owned(),
+        };
+        let event = if add {
+            Event::ReactionAdded(payload)
+        } else {
+            Event::ReactionRemoved(payload)
+        };
+        self.bus
+            .publish(Delivery::to(Topic::Conversation(message.conversation_id), event))
+            .await
+            .ok();
+        Ok(())
+    }
+}
