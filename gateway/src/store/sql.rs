@@ -467,3 +467,51 @@ impl SqlStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{conversations_conform, messages_conform};
+    use std::sync::Arc;
+
+    async fn conform(url: &str) -> Result<(), StoreError> {
+        let store = SqlStore::connect(url).await?;
+        store.migrate().await?;
+        // Migrating twice is a no-op.
+        store.migrate().await?;
+        conversations_conform(&store).await?;
+        messages_conform(Arc::new(store)).await
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_conforms() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("sb-store-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        conform(&format!("sqlite://{}", dir.join("conformance.db").display())).await?;
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_memory_conforms() -> Result<(), StoreError> {
+        conform("sqlite::memory:").await
+    }
+
+    /// Against the PostgreSQL of `SWITCHBOARD_TEST_POSTGRES` (default: the machine's, trust
+    /// auth), in a fresh database created and dropped by the test.
+    #[tokio::test]
+    async fn postgres_conforms() -> Result<(), Box<dyn std::error::Error>> {
+        let server =
+            std::env::var("SWITCHBOARD_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let admin = SqlStore::connect(&format!("{server}/postgres")).await?;
+        let name = format!("sb_conformance_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin.pool)
+            .await?;
+        let result = conform(&format!("{server}/{name}")).await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&admin.pool)
+            .await?;
+        Ok(result?)
+    }
+}
