@@ -71,11 +71,18 @@ impl Redis {
             Ok(Err(e)) => return Err(RedisError::Connect(e.to_string())),
             Err(_) => return Err(RedisError::Connect(format!("no answer within {wait:?}"))),
         }
-        Ok(Self {
+        let redis = Self {
             client,
             subscriber,
             prefix: prefix.to_owned(),
-        })
+        };
+        // A refused AUTH can still count as connected: make sure commands are answered.
+        let ping: Result<fred::types::Value, _> = redis.client.ping(None).await;
+        if let Err(e) = ping {
+            redis.quit().await;
+            return Err(RedisError::Connect(e.to_string()));
+        }
+        Ok(redis)
     }
 
     /// Whether both connections answer now.
@@ -126,6 +133,11 @@ pub(crate) mod test_server {
 
     impl TestRedis {
         pub(crate) async fn start() -> Result<Self, String> {
+            Self::start_with(&[]).await
+        }
+
+        /// With extra `redis-server` arguments (e.g. `--requirepass`).
+        pub(crate) async fn start_with(extra: &[&str]) -> Result<Self, String> {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map_err(|e| e.to_string())?
@@ -141,19 +153,25 @@ pub(crate) mod test_server {
                     "--appendonly",
                     "no",
                 ])
+                .args(extra)
                 .stdout(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("cannot start redis-server (scripts/test installs it): {e}"))?;
-            let server = Self {
+            let mut server = Self {
                 child,
                 url: format!("redis://127.0.0.1:{port}"),
             };
             for _ in 0..100 {
+                // Exited: the port was taken meanwhile; whatever answers there is not ours.
+                if !matches!(server.child.try_wait(), Ok(None)) {
+                    return Err(format!("redis-server exited (port {port} taken?)"));
+                }
                 if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
                     let mut buf = [0u8; 7];
+                    // `-NOAUTH` also proves a password-protected server is up.
                     if s.write_all(b"PING\r\n").await.is_ok()
                         && s.read_exact(&mut buf).await.is_ok()
-                        && &buf == b"+PONG\r\n"
+                        && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
                     {
                         return Ok(server);
                     }
@@ -169,5 +187,28 @@ pub(crate) mod test_server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_server::TestRedis;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_password_in_the_url_authenticates() -> Result<(), Box<dyn std::error::Error>> {
+        let server = TestRedis::start_with(&["--requirepass", "s3cret"]).await?;
+        let with_password = server.url.replace("redis://", "redis://:s3cret@");
+        let redis = Redis::connect(&with_password, "auth", Duration::from_secs(5)).await?;
+        assert!(redis.reachable().await);
+        let wrong = server.url.replace("redis://", "redis://:wrong@");
+        assert!(Redis::connect(&wrong, "auth", Duration::from_secs(2)).await.is_err());
+        // Commands really go through the authenticated connection.
+        let set: fred::types::Value = redis.client.set("auth:probe", "1", None, None, false).await?;
+        drop(set);
+        let got: Option<String> = redis.client.get("auth:probe").await?;
+        assert_eq!(got.as_deref(), Some("1"));
+        redis.quit().await;
+        Ok(())
     }
 }
