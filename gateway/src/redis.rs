@@ -59,15 +59,14 @@ impl Redis {
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| RedisError::Config(e.to_string()))?;
-        for c in [&client as &dyn ConnectWait, &subscriber as &dyn ConnectWait] {
-            c.start();
-        }
+        // `init` listens for the first connection before starting it, so its outcome cannot
+        // be missed; later reconnects are fred's.
         let ready = async {
-            client.wait_for_connect().await?;
-            subscriber.wait_for_connect().await
+            client.init().await?;
+            subscriber.init().await
         };
         match tokio::time::timeout(wait, ready).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(RedisError::Connect(e.to_string())),
             Err(_) => return Err(RedisError::Connect(format!("no answer within {wait:?}"))),
         }
@@ -85,8 +84,12 @@ impl Redis {
         Ok(redis)
     }
 
-    /// Whether both connections answer now.
+    /// Whether both connections answer now. A connection known to be down answers at once,
+    /// so that readiness probes get their 503 without waiting.
     pub async fn reachable(&self) -> bool {
+        if !(self.client.is_connected() && self.subscriber.is_connected()) {
+            return false;
+        }
         let ping = async {
             let a: Result<fred::types::Value, _> = self.client.ping(None).await;
             let b: Result<fred::types::Value, _> = self.subscriber.ping(None).await;
@@ -101,18 +104,6 @@ impl Redis {
     pub async fn quit(&self) {
         let _ = self.subscriber.quit().await;
         let _ = self.client.quit().await;
-    }
-}
-
-/// Starts a fred client's connection task (object-safe over both client kinds).
-trait ConnectWait {
-    fn start(&self);
-}
-
-impl<C: ClientLike> ConnectWait for C {
-    fn start(&self) {
-        // The connection task lives as long as the client; its handle is not needed.
-        drop(self.connect());
     }
 }
 

@@ -30,6 +30,10 @@ pub struct RedisPresence {
     local: Mutex<Local>,
     /// Set once the node left the cluster: the heartbeat must not register it again.
     departed: std::sync::atomic::AtomicBool,
+    /// Set when a heartbeat failed: Redis may have lost this node's entries meanwhile (and a
+    /// late heartbeat may have re-added the node alone), so the next heartbeat registers every
+    /// local connection again whatever ZADD says.
+    suspect: std::sync::atomic::AtomicBool,
 }
 
 /// This node's own connections, to register again when Redis lost them.
@@ -99,6 +103,7 @@ impl RedisPresence {
             started_at: Utc::now(),
             local: Mutex::new(Local::default()),
             departed: std::sync::atomic::AtomicBool::new(false),
+            suspect: std::sync::atomic::AtomicBool::new(false),
         };
         presence.load().await?;
         presence.heartbeat().await?;
@@ -149,11 +154,20 @@ impl RedisPresence {
     async fn heartbeat(&self) -> Result<(), PresenceError> {
         let expires = (now_ms() + self.ttl.as_millis() as i64).to_string();
         let started = self.started_at.to_rfc3339();
-        let added = self
-            .call("sb_heartbeat", &[&self.node_id.0, &expires, &started])
-            .await?;
-        if int(&added) == 1 {
-            self.register_again().await?;
+        use std::sync::atomic::Ordering::SeqCst;
+        let added = match self.call("sb_heartbeat", &[&self.node_id.0, &expires, &started]).await {
+            Ok(added) => added,
+            Err(e) => {
+                self.suspect.store(true, SeqCst);
+                return Err(e);
+            }
+        };
+        if int(&added) == 1 || self.suspect.load(SeqCst) {
+            if let Err(e) = self.register_again().await {
+                self.suspect.store(true, SeqCst);
+                return Err(e);
+            }
+            self.suspect.store(false, SeqCst);
         }
         let pending = std::mem::take(&mut self.local().pending_drops);
         for conn in pending {

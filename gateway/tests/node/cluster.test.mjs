@@ -394,10 +394,14 @@ test('cluster: SIGKILL of a node → its users offline within TTL + one heartbea
 });
 
 test('cluster: Redis killed and restarted mid-traffic → /ready 503 then 200, traffic and presence resume without client reconnects', async (t) => {
-  const own = await startRedis({ t });
+  const own = await startRedis();
   const {
     nodes: [a, b],
-  } = await startCluster(2, { args: OPEN, redis: own, t });
+  } = await startCluster(2, { args: OPEN, redis: own, t }).catch(async (err) => {
+    await own.dispose();
+    throw err;
+  });
+  t.after(() => own.dispose()); // once the nodes have stopped (after-hooks run in order)
   const sockets = [await user(t, a, 'rr-a1'), await user(t, a, 'rr-a2'), await user(t, b, 'rr-b1'), await user(t, b, 'rr-b2')];
   const ids = new Map(sockets.map((s) => [s, s.id]));
   await joinAll(sockets, 'r1');
