@@ -8,7 +8,7 @@ use crate::net::{ClosableListener, ConnInfo};
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::redis::Redis;
 use crate::socketio::SocketIoAdapter;
-use crate::store::SqlStore;
+use crate::store::{Guarded, SqlStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -86,12 +86,11 @@ impl Node {
                 )
             }
         };
-        let store = Arc::new(
-            SqlStore::connect(&config.database_url)
-                .await
-                .map_err(|e| ServeError::Startup(e.to_string()))?,
-        );
-        store.migrate().await.map_err(|e| ServeError::Startup(e.to_string()))?;
+        let sql = SqlStore::connect(&config.database_url)
+            .await
+            .map_err(|e| ServeError::Startup(e.to_string()))?;
+        sql.migrate().await.map_err(|e| ServeError::Startup(e.to_string()))?;
+        let store = Arc::new(Guarded::new(sql));
         let backends = Backends {
             bus,
             presence,

@@ -25,17 +25,23 @@ impl Access {
         self.mode
     }
 
-    /// Whether `who` may use `conversation`; an admin token may use every conversation. In
-    /// `members` mode a conversation that does not exist is `not_found`.
-    pub async fn check(&self, who: &Identity, conversation: &ConversationId) -> Result<(), DomainError> {
-        let allowed = match self.mode {
-            AccessMode::Open => true,
-            _ if who.admin => true,
-            AccessMode::Claims => who.conversations.as_ref().is_some_and(|c| c.allows(conversation)),
-            AccessMode::Members => match self.conversations.is_member(conversation, &who.user_id).await? {
-                None => return Err(DomainError::NotFound(format!("no conversation {conversation}"))),
-                Some(member) => member,
-            },
+    /// Whether `who` may use `conversation`; `None` is the server, which, like an admin
+    /// token, may use every conversation. In `members` mode a conversation that does not exist
+    /// is `not_found`, for everyone.
+    pub async fn check(&self, who: Option<&Identity>, conversation: &ConversationId) -> Result<(), DomainError> {
+        let privileged = who.is_none_or(|w| w.admin);
+        let allowed = match (self.mode, who) {
+            (AccessMode::Members, _) => {
+                let user = who.map(|w| w.user_id.clone()).unwrap_or_else(|| "".into());
+                match self.conversations.is_member(conversation, &user).await? {
+                    None => return Err(DomainError::NotFound(format!("no conversation {conversation}"))),
+                    Some(member) => member || privileged,
+                }
+            }
+            (AccessMode::Open, _) | (_, None) => true,
+            (AccessMode::Claims, Some(who)) => {
+                who.admin || who.conversations.as_ref().is_some_and(|c| c.allows(conversation))
+            }
         };
         if allowed {
             Ok(())

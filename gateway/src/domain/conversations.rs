@@ -40,9 +40,7 @@ impl Domain {
         who: Option<&Identity>,
         id: &ConversationId,
     ) -> Result<ConversationView, DomainError> {
-        if let Some(who) = who {
-            self.access.check(who, id).await?;
-        }
+        self.access.check(who, id).await?;
         let conversation = self
             .conversations
             .get(id)

@@ -248,7 +248,7 @@ impl Domain {
         conversation: &ConversationId,
         last_seq: Option<i64>,
     ) -> Result<Joined, DomainError> {
-        self.access.check(who, conversation).await?;
+        self.access.check(Some(who), conversation).await?;
         let topic = Topic::Conversation(conversation.clone());
         // Subscribe first so no event published right after the join is missed.
         self.bus.subscribe(&topic).await?;
@@ -317,7 +317,7 @@ impl Domain {
         conversation: &ConversationId,
         is_typing: bool,
     ) -> Result<(), DomainError> {
-        self.access.check(who, conversation).await?;
+        self.access.check(Some(who), conversation).await?;
         if is_typing {
             self.typing.start(conversation.clone(), who.user_id.clone());
         } else {
@@ -360,9 +360,7 @@ impl Domain {
         who: Option<&Identity>,
         conversation: &ConversationId,
     ) -> Result<Vec<UserId>, DomainError> {
-        if let Some(who) = who {
-            self.access.check(who, conversation).await?;
-        }
+        self.access.check(who, conversation).await?;
         Ok(self.presence.conversation_online(conversation).await?)
     }
 

@@ -11,8 +11,13 @@
 //! - History is paged by `seq`, oldest first within a page.
 //! - A backend that cannot be reached answers [`StoreError::Unavailable`]: nothing was done.
 
+mod breaker;
+mod mongo;
 mod sql;
 
+pub use breaker::Guarded;
+
+pub use mongo::MongoStore;
 pub use sql::SqlStore;
 
 use async_trait::async_trait;

@@ -97,12 +97,22 @@ impl SqlStore {
         Ok(Self { pool })
     }
 
-    /// Applies the migrations not applied yet.
+    /// Applies the migrations not applied yet. PostgreSQL serialises concurrent migrators
+    /// with a lock; SQLite does not, so nodes starting together on a fresh file may collide:
+    /// the loser tries again and finds the work done.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+        let mut attempts = 0;
+        loop {
+            match MIGRATOR.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempts < 5 => {
+                    attempts += 1;
+                    tracing::debug!(error = %e, attempts, "migration collided, retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempts)).await;
+                }
+                Err(e) => return Err(StoreError::Unavailable(format!("migration failed: {e}"))),
+            }
+        }
     }
 
     async fn existing(&self, message: &NewMessage) -> Result<Option<Message>, StoreError> {
