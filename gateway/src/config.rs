@@ -388,6 +388,8 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     /// The SQL database (`sqlite://…`, `sqlite::memory:`, `postgres://…`).
     pub database_url: String,
+    /// MongoDB for messages, receipts and reactions; `None`: they live in the SQL database.
+    pub mongodb_url: Option<String>,
     /// Authentication.
     pub auth: AuthConfig,
     /// Access rule for conversations.
@@ -452,11 +454,12 @@ impl Config {
                 "expected sqlite://…, sqlite::memory: or postgres://…",
             ));
         }
-        if o.mongodb_url.is_some() {
-            return Err(ConfigError::Refused(
-                "--mongodb-url: message storage is not available in this version yet".into(),
-            ));
-        }
+        let mongodb_url = match &o.mongodb_url {
+            Some(url) if !(url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")) => {
+                return Err(invalid("mongodb-url", "expected a mongodb:// or mongodb+srv:// URL"));
+            }
+            other => other.clone(),
+        };
 
         let dev_mode = o.dev.unwrap_or(false);
         let dev = if dev_mode {
@@ -535,6 +538,7 @@ impl Config {
             node_id,
             redis,
             database_url,
+            mongodb_url,
             auth: AuthConfig {
                 jwt,
                 loopback_trusted: dev_mode || api_key.is_none(),

@@ -76,9 +76,15 @@ fn migrate(options: &Options) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
+    let mongodb = options.mongodb_url.clone();
     let done = runtime.block_on(async {
         let store = gateway::store::SqlStore::connect(url).await?;
-        store.migrate().await
+        store.migrate().await?;
+        // Connecting creates the MongoDB collections' indexes.
+        if let Some(mongodb) = mongodb {
+            gateway::store::MongoStore::connect(&mongodb).await?;
+        }
+        Ok::<_, gateway::store::StoreError>(())
     });
     match done {
         Ok(()) => {

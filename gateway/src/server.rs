@@ -8,7 +8,7 @@ use crate::net::{ClosableListener, ConnInfo};
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::redis::Redis;
 use crate::socketio::SocketIoAdapter;
-use crate::store::{Guarded, SqlStore};
+use crate::store::{Guarded, MessageStore, MongoStore, SqlStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -91,11 +91,19 @@ impl Node {
             .map_err(|e| ServeError::Startup(e.to_string()))?;
         sql.migrate().await.map_err(|e| ServeError::Startup(e.to_string()))?;
         let store = Arc::new(Guarded::new(sql));
+        let messages: Arc<dyn MessageStore> = match &config.mongodb_url {
+            None => store.clone(),
+            Some(url) => Arc::new(Guarded::new(
+                MongoStore::connect(url)
+                    .await
+                    .map_err(|e| ServeError::Startup(e.to_string()))?,
+            )),
+        };
         let backends = Backends {
             bus,
             presence,
             conversations: store.clone(),
-            messages: store.clone(),
+            messages: messages.clone(),
         };
         let rules = Rules {
             access: config.access,
@@ -116,7 +124,7 @@ impl Node {
             jwt,
             api_key: config.auth.api_key.clone(),
             loopback_trusted: config.auth.loopback_trusted,
-            readiness: Readiness::new(redis.clone(), store.clone()),
+            readiness: Readiness::new(redis.clone(), store.clone(), messages),
         });
         let max_body = usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX);
         let router = http::router(state.clone(), sio_layer, &config.cors, max_body);

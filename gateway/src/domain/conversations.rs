@@ -3,7 +3,7 @@
 use super::{Domain, DomainError};
 use crate::auth::Identity;
 use crate::config::AccessMode;
-use crate::store::Conversation;
+use crate::store::{Conversation, HistoryQuery};
 use serde::Serialize;
 use shared::event::Membership;
 use shared::{ConversationId, Delivery, Event, Topic, UserId};
@@ -41,11 +41,20 @@ impl Domain {
         id: &ConversationId,
     ) -> Result<ConversationView, DomainError> {
         self.access.check(who, id).await?;
-        let conversation = self
+        let mut conversation = self
             .conversations
             .get(id)
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("no conversation {id}")))?;
+        // The message store owns the sequence (it may be MongoDB, beside the SQL row).
+        let newest = HistoryQuery {
+            before: None,
+            after: None,
+            limit: 1,
+        };
+        if let Some(last) = self.messages.history(id, newest).await?.messages.last() {
+            conversation.last_seq = last.seq;
+        }
         let unread = match who {
             Some(who) => Some(self.messages.unread(id, &who.user_id).await?),
             None => None,

@@ -13,7 +13,7 @@ use crate::config::CorsOrigins;
 use crate::domain::{Domain, DomainError, HistoryRequest, MAX_PAGE, NotificationRequest};
 use crate::metrics::METRICS;
 use crate::redis::Redis;
-use crate::store::ConversationStore;
+use crate::store::{ConversationStore, MessageStore};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -46,16 +46,23 @@ const RESERVED_EVENTS: &[&str] = &[
 pub struct Readiness {
     draining: AtomicBool,
     redis: Option<Redis>,
-    store: Arc<dyn ConversationStore>,
+    conversations: Arc<dyn ConversationStore>,
+    messages: Arc<dyn MessageStore>,
 }
 
 impl Readiness {
-    /// Readiness that requires the database, and `redis` in cluster mode, to answer.
-    pub fn new(redis: Option<Redis>, store: Arc<dyn ConversationStore>) -> Self {
+    /// Readiness that requires the stores (one database, or SQL and MongoDB), and `redis` in
+    /// cluster mode, to answer.
+    pub fn new(
+        redis: Option<Redis>,
+        conversations: Arc<dyn ConversationStore>,
+        messages: Arc<dyn MessageStore>,
+    ) -> Self {
         Self {
             draining: AtomicBool::new(false),
             redis,
-            store,
+            conversations,
+            messages,
         }
     }
 
@@ -77,8 +84,9 @@ impl Readiness {
         {
             return Some("redis unreachable");
         }
-        match tokio::time::timeout(std::time::Duration::from_secs(2), self.store.ping()).await {
-            Ok(Ok(())) => None,
+        let pings = async { (self.conversations.ping().await, self.messages.ping().await) };
+        match tokio::time::timeout(std::time::Duration::from_secs(2), pings).await {
+            Ok((Ok(()), Ok(()))) => None,
             _ => Some("database unreachable"),
         }
     }
