@@ -72,6 +72,12 @@ fn serve(options: &Options) -> ExitCode {
 
 fn migrate(options: &Options) -> ExitCode {
     let url = options.database_url.as_deref().unwrap_or("sqlite://switchboard.db");
+    if !["sqlite:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        return fail("invalid value for --database-url: expected sqlite://…, sqlite::memory: or postgres://…");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),

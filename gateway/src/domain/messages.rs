@@ -152,6 +152,9 @@ impl Domain {
             limit,
         } = request;
         self.access.check(who, &conversation).await?;
+        if before.is_some_and(|b| b < 0) || after.is_some_and(|a| a < 0) {
+            return Err(bad("before and after must be non-negative"));
+        }
         let limit = limit.unwrap_or(DEFAULT_PAGE);
         if limit == 0 || limit > MAX_PAGE {
             return Err(bad(format!("limit must be 1 to {MAX_PAGE}")));
