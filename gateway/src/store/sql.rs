@@ -21,6 +21,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    postgres: bool,
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -94,7 +95,10 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(unavailable)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            postgres: !sqlite,
+        })
     }
 
     /// Applies the migrations not applied yet. PostgreSQL serialises concurrent migrators
@@ -133,44 +137,33 @@ impl SqlStore {
     }
 
     async fn insert(&self, new: &NewMessage) -> Result<Message, sqlx::Error> {
-        let now = Utc::now();
-        let at = now.timestamp_millis();
+        let at = Utc::now().timestamp_millis();
         let id = uuid::Uuid::now_v7().to_string();
         let attachments = serde_json::to_string(&new.attachments).unwrap_or_else(|_| "[]".into());
         let metadata = new.metadata.as_ref().map(|m| m.to_string());
-        let mut tx = self.pool.begin().await?;
-        // Writing first takes the write lock (SQLite) or the row lock (PostgreSQL) at once, so
-        // concurrent appends to one conversation queue up here and get consecutive seqs.
-        sqlx::query(
-            "INSERT INTO conversations (id, title, created_at, last_seq) VALUES ($1, NULL, $2, 0) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&new.conversation_id.0)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        let seq: i64 = sqlx::query("UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+        let mut seq = None;
+        for _ in 0..2 {
+            seq = if self.postgres {
+                self.insert_postgres(new, &id, &attachments, metadata.as_deref(), at)
+                    .await?
+            } else {
+                self.insert_sqlite(new, &id, &attachments, metadata.as_deref(), at)
+                    .await?
+            };
+            if seq.is_some() {
+                break;
+            }
+            // The first message of a conversation nobody created (open and claims modes).
+            sqlx::query(
+                "INSERT INTO conversations (id, title, created_at, last_seq) VALUES ($1, NULL, $2, 0) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
             .bind(&new.conversation_id.0)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-        sqlx::query(
-            "INSERT INTO messages (id, conversation_id, seq, sender_id, content, kind, attachments, metadata, \
-             client_ref, sent_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&id)
-        .bind(&new.conversation_id.0)
-        .bind(seq)
-        .bind(&new.sender_id.0)
-        .bind(&new.content)
-        .bind(&new.kind)
-        .bind(&attachments)
-        .bind(&metadata)
-        .bind(&new.client_ref)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        }
+        let seq = seq.ok_or(sqlx::Error::RowNotFound)?;
         Ok(Message {
             id,
             conversation_id: new.conversation_id.clone(),
@@ -183,6 +176,76 @@ impl SqlStore {
             sent_at: time(at),
             metadata: new.metadata.clone(),
         })
+    }
+
+    /// One statement, so one round trip: the UPDATE's row lock queues concurrent appends to the
+    /// conversation, and a failed INSERT (a racing retry) undoes the increment with it.
+    /// `None` when the conversation row does not exist.
+    async fn insert_postgres(
+        &self,
+        new: &NewMessage,
+        id: &str,
+        attachments: &str,
+        metadata: Option<&str>,
+        at: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let row = sqlx::query(
+            "WITH s AS (UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq) \
+             INSERT INTO messages (id, conversation_id, seq, sender_id, content, kind, attachments, metadata, \
+             client_ref, sent_at) SELECT $2, $1, s.last_seq, $3, $4, $5, $6, $7, $8, $9 FROM s RETURNING seq",
+        )
+        .bind(&new.conversation_id.0)
+        .bind(id)
+        .bind(&new.sender_id.0)
+        .bind(&new.content)
+        .bind(&new.kind)
+        .bind(attachments)
+        .bind(metadata)
+        .bind(&new.client_ref)
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get(0)).transpose()
+    }
+
+    /// SQLite cannot UPDATE inside a CTE: a transaction whose first statement writes, so it
+    /// takes the write lock at once and concurrent appends (also from other processes) queue.
+    async fn insert_sqlite(
+        &self,
+        new: &NewMessage,
+        id: &str,
+        attachments: &str,
+        metadata: Option<&str>,
+        at: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) =
+            sqlx::query("UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+                .bind(&new.conversation_id.0)
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let seq: i64 = row.try_get(0)?;
+        sqlx::query(
+            "INSERT INTO messages (id, conversation_id, seq, sender_id, content, kind, attachments, metadata, \
+             client_ref, sent_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(id)
+        .bind(&new.conversation_id.0)
+        .bind(seq)
+        .bind(&new.sender_id.0)
+        .bind(&new.content)
+        .bind(&new.kind)
+        .bind(attachments)
+        .bind(metadata)
+        .bind(&new.client_ref)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(seq))
     }
 }
 
@@ -319,12 +382,10 @@ impl ConversationStore for SqlStore {
 #[async_trait]
 impl MessageStore for SqlStore {
     async fn append(&self, new: NewMessage) -> Result<Appended, StoreError> {
-        if let Some(existing) = self.existing(&new).await? {
-            return Ok(Appended::Existing(existing));
-        }
+        // No look-up first: a retry is rare, and the unique index catches it in the insert.
         match self.insert(&new).await {
             Ok(message) => Ok(Appended::Created(message)),
-            // A concurrent retry with the same client ref won the race: answer its message.
+            // A retry (or a concurrent one that won the race): answer the stored message.
             Err(e) if is_unique_violation(&e) && new.client_ref.is_some() => self
                 .existing(&new)
                 .await?
