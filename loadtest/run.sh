@@ -20,7 +20,7 @@
 #   RUNS=3  RUNS_B=1          repetitions (medians are reported)
 #   OUT=loadtest/results/<time>   where results.jsonl, summary.json and logs go
 #   MAX_OUTBOUND_QUEUE=4096   --max-outbound-queue for the fan-out scenarios (a, b, c)
-#   RAMP=10,25,50,75,100,125,150,200,250,300   scenario b's rates (msg/s)
+#   RAMP=10,25,50,75,100,150,200,300,400,500,700,1000   scenario b's rates (msg/s)
 #   NODE_ARGS=                extra flags for both nodes (e.g. to try a tuning)
 #   IDLE_WAIT=300 IDLE_MIN=80 before each run, wait up to IDLE_WAIT s for the machine to be
 #                             IDLE_MIN % idle over 3 s (shared machines); 0 = do not wait
@@ -32,7 +32,7 @@ repo="$(cd "$here/.." && pwd)"
 RUNS="${RUNS:-3}"
 RUNS_B="${RUNS_B:-1}"
 MAX_OUTBOUND_QUEUE="${MAX_OUTBOUND_QUEUE:-4096}"
-RAMP="${RAMP:-10,25,50,75,100,125,150,200,250,300}"
+RAMP="${RAMP:-10,25,50,75,100,150,200,300,400,500,700,1000}"
 NODE_ARGS="${NODE_ARGS:-}"
 IDLE_WAIT="${IDLE_WAIT:-300}"
 IDLE_MIN="${IDLE_MIN:-80}"

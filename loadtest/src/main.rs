@@ -35,6 +35,8 @@ const HIST_MAX_US: u64 = 300_000_000;
 const BENCH_PREFIX: &str = "42[\"bench\",";
 /// Messages whose first and last delivery are tracked (by seq modulo this).
 const RING: usize = 1 << 17;
+/// Seconds of the per-second latency series.
+const SERIES_SECONDS: usize = 600;
 /// The driver's own WebSocket read buffer: small, it holds thousands of connections.
 const WS_READ_BUFFER: usize = 4096;
 /// How many times a client asks to join before giving up.
@@ -148,6 +150,9 @@ struct Shared {
     /// Per message (seq mod RING): latency of its first and of its last delivery.
     first: Vec<AtomicU64>,
     last: Vec<AtomicU64>,
+    /// Highest latency of the deliveries received in each second of the measured window.
+    max_by_second: Vec<AtomicU64>,
+    series_origin_us: AtomicU64,
     rooms: u64,
     nodes: u64,
     connect_latency: Mutex<Histogram<u64>>,
@@ -181,6 +186,8 @@ impl Shared {
                 .collect::<Result<_>>()?,
             first: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect(),
             last: (0..RING).map(|_| AtomicU64::new(0)).collect(),
+            max_by_second: (0..SERIES_SECONDS).map(|_| AtomicU64::new(0)).collect(),
+            series_origin_us: AtomicU64::new(u64::MAX),
             rooms: rooms as u64,
             nodes: nodes as u64,
             connect_latency: Mutex::new(histogram()?),
@@ -196,9 +203,13 @@ impl Shared {
     }
 
     /// One delivery of message `seq` to a client on node `node`.
-    fn record(&self, shard: usize, node: usize, seq: u64, latency_us: u64) {
+    fn record(&self, shard: usize, node: usize, seq: u64, now_us: u64, latency_us: u64) {
         self.received.fetch_add(1, Ordering::Relaxed);
         let latency_us = latency_us.clamp(1, HIST_MAX_US);
+        let second = (now_us.saturating_sub(self.series_origin_us.load(Ordering::Relaxed)) / 1_000_000) as usize;
+        if let Some(max) = self.max_by_second.get(second) {
+            max.fetch_max(latency_us, Ordering::Relaxed);
+        }
         let origin = (seq / self.rooms) % self.nodes;
         let remote = usize::from(origin != node as u64);
         lock(&self.latency[shard % SHARDS])[remote].saturating_record(latency_us);
@@ -208,6 +219,10 @@ impl Shared {
     }
 
     fn reset_latency(&self) {
+        for max in &self.max_by_second {
+            max.store(0, Ordering::Relaxed);
+        }
+        self.series_origin_us.store(self.now_us(), Ordering::Relaxed);
         for h in &self.latency {
             let mut h = lock(h);
             h[0].reset();
@@ -234,6 +249,16 @@ impl Shared {
             }
         }
         Ok(out)
+    }
+
+    /// The per-second maxima, in ms, up to the last second that received anything.
+    fn max_by_second(&self) -> Vec<f64> {
+        let all: Vec<u64> = self.max_by_second.iter().map(|m| m.load(Ordering::Relaxed)).collect();
+        let end = all.iter().rposition(|&m| m > 0).map_or(0, |i| i + 1);
+        all[..end]
+            .iter()
+            .map(|&us| (us as f64 / 100.0).round() / 10.0)
+            .collect()
     }
 
     /// Per message of `seqs`: latency of its first delivery and of its last one.
@@ -390,7 +415,7 @@ async fn session(
                 if let Some(rest) = s.strip_prefix(BENCH_PREFIX) {
                     let now = shared.now_us();
                     if let (Some(sent), Some(seq)) = (field_u64(rest, "\"t\":"), field_u64(rest, "\"seq\":")) {
-                        shared.record(shard, spec.node, seq, now.saturating_sub(sent));
+                        shared.record(shard, spec.node, seq, now, now.saturating_sub(sent));
                     }
                 } else if s == "2" {
                     ws.send(Message::text("3")).await.context("pong")?;
@@ -500,6 +525,34 @@ fn clock_ticks_per_s() -> u64 {
         .and_then(|s| s.trim().parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(100)
+}
+
+/// The machine's CPU time from the `cpu` line of /proc/stat, in clock ticks: (busy, softirq,
+/// total), all CPUs. Busy counts everything but idle and iowait, kernel threads included
+/// (ksoftirqd takes over network receive work under load).
+#[derive(Debug, Clone, Copy, Default)]
+struct MachineCpu {
+    busy: u64,
+    softirq: u64,
+    total: u64,
+}
+
+fn machine_cpu() -> MachineCpu {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return MachineCpu::default();
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return MachineCpu::default();
+    };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let total: u64 = v.iter().take(8).sum();
+    MachineCpu {
+        busy: total - get(3) - get(4),
+        softirq: get(6),
+        total,
+    }
 }
 
 fn loadavg() -> String {
@@ -699,11 +752,19 @@ struct StepReport {
     /// difference is the time one message takes to reach every member of its room.
     first_delivery_ms: Latency,
     last_delivery_ms: Latency,
+    /// Highest delivery latency received in each second of the window (and its drain), ms.
+    max_latency_ms_by_second: Vec<f64>,
     post_latency_ms: Option<Latency>,
     server_cpu: Vec<NodeCpu>,
     server_cpu_us_per_delivery: Option<f64>,
     redis_cpu_us_per_delivery: Option<f64>,
     driver_cpu_us_per_delivery: f64,
+    /// Every process and kernel thread of the machine over the window, per delivery (the
+    /// all-in cost when the machine runs nothing else).
+    machine_cpu_us_per_delivery: f64,
+    /// Share of the machine's CPUs busy over the window, and in softirq (network) alone.
+    machine_busy_pct: f64,
+    machine_softirq_pct: f64,
     memory_after_join: Vec<NodeMemory>,
     loadavg_before: String,
     loadavg_after: String,
@@ -751,6 +812,13 @@ fn sign(secret: &str, user: &str) -> Result<String> {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .context("sign token")
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    (part as f64 * 1000.0 / whole as f64).round() / 10.0
 }
 
 fn secs(d: Duration) -> f64 {
@@ -981,6 +1049,7 @@ async fn main() -> Result<()> {
         let cpu_start: Vec<u64> = procs.iter().map(|p| p.cpu_ticks().unwrap_or(0)).collect();
         let self_start = cpu_ticks_of("/proc/self/stat").unwrap_or(0);
         let redis_start = redis.map_or(0, |r| r.cpu_ticks().unwrap_or(0));
+        let machine_start = machine_cpu();
         let received_start = shared.received.load(Ordering::Relaxed);
         tokio::time::sleep_until(tokio::time::Instant::from_std(
             step_start + Duration::from_secs_f64(args.warmup + args.duration),
@@ -989,6 +1058,7 @@ async fn main() -> Result<()> {
         let received_end = shared.received.load(Ordering::Relaxed);
         let self_end = cpu_ticks_of("/proc/self/stat").unwrap_or(0);
         let redis_end = redis.map_or(0, |r| r.cpu_ticks().unwrap_or(0));
+        let machine_end = machine_cpu();
         let cpu_end: Vec<u64> = procs.iter().map(|p| p.cpu_ticks().unwrap_or(0)).collect();
         let window = window_start.elapsed();
         let published = publishing.await.context("publisher task")?;
@@ -1055,11 +1125,23 @@ async fn main() -> Result<()> {
             latency_on_other_nodes_ms: latency_ms(&remote),
             first_delivery_ms: latency_ms(&first_delivery),
             last_delivery_ms: latency_ms(&last_delivery),
+            max_latency_ms_by_second: shared.max_by_second(),
             post_latency_ms: published.post_latency.as_ref().map(latency_ms),
             server_cpu_us_per_delivery: (!procs.is_empty()).then(|| per_delivery(server_cpu_total_us)),
             server_cpu,
             redis_cpu_us_per_delivery: redis
                 .map(|_| per_delivery(redis_end.saturating_sub(redis_start) as f64 * ticks_to_us)),
+            machine_cpu_us_per_delivery: per_delivery(
+                machine_end.busy.saturating_sub(machine_start.busy) as f64 * ticks_to_us,
+            ),
+            machine_busy_pct: pct(
+                machine_end.busy.saturating_sub(machine_start.busy),
+                machine_end.total.saturating_sub(machine_start.total),
+            ),
+            machine_softirq_pct: pct(
+                machine_end.softirq.saturating_sub(machine_start.softirq),
+                machine_end.total.saturating_sub(machine_start.total),
+            ),
             driver_cpu_us_per_delivery: per_delivery(self_end.saturating_sub(self_start) as f64 * ticks_to_us),
             memory_after_join: memory_after_join
                 .iter()
@@ -1076,7 +1158,7 @@ async fn main() -> Result<()> {
             first_error: published.first_error.or_else(|| lock(&shared.first_error).clone()),
         };
         eprintln!(
-            "rate {rate} msg/s × {avg_members:.0} = {:.0} offered/s: {:.0} deliveries/s; latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms; lost {}; server CPU {} µs/delivery; driver {} µs/delivery",
+            "rate {rate} msg/s × {avg_members:.0} = {:.0} offered/s: {:.0} deliveries/s; latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms; lost {}; server CPU {} µs/delivery; driver {} µs/delivery; machine {} µs/delivery, {}% busy",
             report.offered_deliveries_per_s,
             report.deliveries_per_s,
             report.latency_ms.p50,
@@ -1088,6 +1170,8 @@ async fn main() -> Result<()> {
                 .server_cpu_us_per_delivery
                 .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}")),
             report.driver_cpu_us_per_delivery,
+            report.machine_cpu_us_per_delivery,
+            report.machine_busy_pct,
         );
         eprintln!(
             "  same node p50/p99 {:.1}/{:.1} ms, other node {:.1}/{:.1} ms; per message: first delivery p50 {:.1} ms, last delivery p50 {:.1} ms (p99 {:.1})",
@@ -1098,6 +1182,15 @@ async fn main() -> Result<()> {
             report.first_delivery_ms.p50,
             report.last_delivery_ms.p50,
             report.last_delivery_ms.p99,
+        );
+        eprintln!(
+            "  max latency by second (ms): {}",
+            report
+                .max_latency_ms_by_second
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         emit_json(&report)?;
         let saturated = previous_rate.is_some_and(|prev| report.deliveries_per_s < prev * (1.0 + args.min_growth))
