@@ -17,7 +17,7 @@ pub const MAX_ATTACHMENT_URL: usize = 2048;
 pub const MAX_CLIENT_REF: usize = 64;
 /// Longest reaction, in bytes.
 pub const MAX_REACTION: usize = 32;
-/// History page size when none is asked, and the most a page may hold.
+/// History page size when none is asked.
 pub const DEFAULT_PAGE: u32 = 50;
 /// The most a history page may hold.
 pub const MAX_PAGE: u32 = 200;

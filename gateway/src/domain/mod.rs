@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// What the REST API may ask for at most in one page of users.
-pub const MAX_PAGE: usize = 1000;
+pub const MAX_USERS_PAGE: usize = 1000;
 
 /// The answer to a successful join.
 #[derive(Debug, Clone)]
@@ -438,7 +438,10 @@ impl Domain {
 
     /// A page of online users.
     pub async fn online_users(&self, cursor: Option<&str>, limit: usize) -> Result<UserPage, DomainError> {
-        Ok(self.presence.online_users(cursor, limit.clamp(1, MAX_PAGE)).await?)
+        Ok(self
+            .presence
+            .online_users(cursor, limit.clamp(1, MAX_USERS_PAGE))
+            .await?)
     }
 
     /// Per-node and total counts.

@@ -10,7 +10,7 @@ pub use error::ApiError;
 
 use crate::auth::{Identity, JwtSettings};
 use crate::config::CorsOrigins;
-use crate::domain::{Domain, DomainError, HistoryRequest, MAX_PAGE, NotificationRequest};
+use crate::domain::{Domain, DomainError, HistoryRequest, MAX_USERS_PAGE, NotificationRequest};
 use crate::metrics::METRICS;
 use crate::redis::Redis;
 use crate::store::{ConversationStore, MessageStore};
@@ -282,7 +282,7 @@ async fn list_users(
     caller.require_server()?;
     let page = state
         .domain
-        .online_users(q.cursor.as_deref(), q.limit.unwrap_or(MAX_PAGE))
+        .online_users(q.cursor.as_deref(), q.limit.unwrap_or(MAX_USERS_PAGE))
         .await?;
     Ok(Json(page))
 }
