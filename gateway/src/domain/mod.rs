@@ -252,7 +252,7 @@ impl Domain {
         let topic = Topic::Conversation(conversation.clone());
         // Subscribe first so no event published right after the join is missed.
         self.bus.subscribe(&topic).await?;
-        let change = match self.presence.join(conn, conversation).await {
+        let change = match self.presence.join(conn, conversation, Utc::now()).await {
             Ok(change) => change,
             Err(e) => {
                 self.bus.unsubscribe(&topic).await.ok();
@@ -335,7 +335,7 @@ impl Domain {
 
     /// Sets the caller's status; `offline` makes them invisible while connected.
     pub async fn set_status(&self, who: &Identity, status: Status) -> Result<Status, DomainError> {
-        self.presence.set_status(&who.user_id, status).await?;
+        let _previous = self.presence.set_status(&who.user_id, status).await?;
         let info = PresenceInfo {
             user_id: who.user_id.clone(),
             status,

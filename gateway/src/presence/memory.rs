@@ -1,12 +1,13 @@
 //! In-process presence of a single node.
 
 use super::{
-    Change, ClusterStats, ConnectionEntry, Disconnected, NodeStats, Presence, PresenceError, UserPage, UserPresence,
+    Change, ClusterStats, ConnectionEntry, Disconnected, NodeStats, Presence, PresenceError, RosterEntry, UserPage,
+    UserPresence,
 };
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use shared::{ConnId, ConversationId, NodeId, Status, UserId};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Last-seen times kept for users who left; beyond this many, the oldest are forgotten.
@@ -25,17 +26,21 @@ struct State {
     users: HashMap<UserId, UserState>,
     circles: HashMap<String, HashSet<UserId>>,
     rooms: HashMap<ConversationId, BTreeSet<UserId>>,
+    /// Per conversation, its joined connections keyed in the order a roster lists them, with
+    /// the time each joined.
+    rosters: HashMap<ConversationId, BTreeMap<(UserId, ConnId), DateTime<Utc>>>,
     last_seen: HashMap<UserId, DateTime<Utc>>,
 }
 
 struct ConnState {
     user: UserId,
-    joined: HashSet<ConversationId>,
+    /// Conversation → when this connection joined it.
+    joined: HashMap<ConversationId, DateTime<Utc>>,
 }
 
 #[derive(Default)]
 struct UserState {
-    conns: usize,
+    conns: BTreeSet<ConnId>,
     status: Status,
     circles: HashSet<String>,
     joined: HashMap<ConversationId, usize>,
@@ -43,7 +48,7 @@ struct UserState {
 
 impl UserState {
     fn visible(&self) -> bool {
-        self.conns > 0 && self.status != Status::Offline
+        !self.conns.is_empty() && self.status != Status::Offline
     }
 }
 
@@ -78,7 +83,7 @@ impl State {
         let mut out: BTreeSet<&UserId> = BTreeSet::new();
         for circle in &u.circles {
             for other in self.circles.get(circle).into_iter().flatten() {
-                if other != user && self.users.get(other).is_some_and(|o| o.conns > 0) {
+                if other != user && self.users.get(other).is_some_and(|o| !o.conns.is_empty()) {
                     out.insert(other);
                 }
             }
@@ -95,6 +100,19 @@ impl State {
         }
         self.last_seen.insert(user.clone(), at);
     }
+
+    fn status(&self, user: &UserId) -> Status {
+        self.users.get(user).map(|u| u.status).unwrap_or_default()
+    }
+
+    fn unroster(&mut self, conversation: &ConversationId, user: &UserId, conn: &ConnId) {
+        if let Some(roster) = self.rosters.get_mut(conversation) {
+            roster.remove(&(user.clone(), conn.clone()));
+            if roster.is_empty() {
+                self.rosters.remove(conversation);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -102,7 +120,11 @@ impl Presence for MemoryPresence {
     async fn connect(&self, entry: ConnectionEntry) -> Result<bool, PresenceError> {
         let mut s = self.state();
         let arrived = !s.users.contains_key(&entry.user);
-        s.users.entry(entry.user.clone()).or_default().conns += 1;
+        s.users
+            .entry(entry.user.clone())
+            .or_default()
+            .conns
+            .insert(entry.conn.clone());
         for circle in entry.circles {
             s.add_circle(&entry.user, circle);
         }
@@ -110,7 +132,7 @@ impl Presence for MemoryPresence {
             entry.conn,
             ConnState {
                 user: entry.user,
-                joined: HashSet::new(),
+                joined: HashMap::new(),
             },
         );
         Ok(arrived)
@@ -127,7 +149,8 @@ impl Presence for MemoryPresence {
             return Ok(None);
         };
         let was_visible = u.visible();
-        for conv in &c.joined {
+        let status = u.status;
+        for conv in c.joined.keys() {
             if let Some(n) = u.joined.get_mut(conv) {
                 *n -= 1;
                 if *n == 0 {
@@ -136,8 +159,8 @@ impl Presence for MemoryPresence {
                 }
             }
         }
-        u.conns -= 1;
-        let last_connection = u.conns == 0;
+        u.conns.remove(conn);
+        let last_connection = u.conns.is_empty();
         for conv in &left {
             if let Some(room) = s.rooms.get_mut(conv) {
                 room.remove(&c.user);
@@ -149,27 +172,42 @@ impl Presence for MemoryPresence {
         for conv in emptied_rooms {
             s.rooms.remove(&conv);
         }
+        for conv in c.joined.keys() {
+            s.unroster(conv, &c.user, conn);
+        }
         if last_connection {
             s.remember_last_seen(&c.user, Utc::now());
         }
         Ok(Some(Disconnected {
             user: c.user,
             last_connection,
-            joined: c.joined.into_iter().collect(),
+            joined: c.joined.into_keys().collect(),
             left,
             was_visible,
+            status,
         }))
     }
 
-    async fn join(&self, conn: &ConnId, conversation: &ConversationId) -> Result<Change, PresenceError> {
+    async fn join(
+        &self,
+        conn: &ConnId,
+        conversation: &ConversationId,
+        at: DateTime<Utc>,
+    ) -> Result<Change, PresenceError> {
         let mut s = self.state();
         let Some(c) = s.conns.get_mut(conn) else {
             return Ok(Change::default());
         };
-        if !c.joined.insert(conversation.clone()) {
-            return Ok(Change::default());
-        }
         let user = c.user.clone();
+        if c.joined.contains_key(conversation) {
+            return Ok(Change {
+                status: s.status(&user),
+                ..Change::default()
+            });
+        }
+        // Redis keeps milliseconds; so does this, for both to list the same `since`.
+        let since = at.trunc_subsecs(3);
+        c.joined.insert(conversation.clone(), since);
         let first = match s.users.get_mut(&user) {
             Some(u) => {
                 let n = u.joined.entry(conversation.clone()).or_insert(0);
@@ -179,10 +217,15 @@ impl Presence for MemoryPresence {
             None => false,
         };
         s.rooms.entry(conversation.clone()).or_default().insert(user.clone());
+        s.rosters
+            .entry(conversation.clone())
+            .or_default()
+            .insert((user.clone(), conn.clone()), since);
         s.add_circle(&user, conversation.0.clone());
         Ok(Change {
             connection: true,
             user: first,
+            status: s.status(&user),
         })
     }
 
@@ -191,10 +234,13 @@ impl Presence for MemoryPresence {
         let Some(c) = s.conns.get_mut(conn) else {
             return Ok(Change::default());
         };
-        if !c.joined.remove(conversation) {
-            return Ok(Change::default());
-        }
         let user = c.user.clone();
+        if c.joined.remove(conversation).is_none() {
+            return Ok(Change {
+                status: s.status(&user),
+                ..Change::default()
+            });
+        }
         let last = match s.users.get_mut(&user) {
             Some(u) => match u.joined.get_mut(conversation) {
                 Some(n) if *n > 1 => {
@@ -215,21 +261,24 @@ impl Presence for MemoryPresence {
                 s.rooms.remove(conversation);
             }
         }
+        s.unroster(conversation, &user, conn);
         Ok(Change {
             connection: true,
             user: last,
+            status: s.status(&user),
         })
     }
 
-    async fn set_status(&self, user: &UserId, status: Status) -> Result<(), PresenceError> {
+    async fn set_status(&self, user: &UserId, status: Status) -> Result<Status, PresenceError> {
         let mut s = self.state();
-        if let Some(u) = s.users.get_mut(user).filter(|u| u.conns > 0) {
-            u.status = status;
-            if status == Status::Offline {
-                s.remember_last_seen(user, Utc::now());
-            }
+        let Some(u) = s.users.get_mut(user).filter(|u| !u.conns.is_empty()) else {
+            return Ok(Status::Online);
+        };
+        let previous = std::mem::replace(&mut u.status, status);
+        if status == Status::Offline {
+            s.remember_last_seen(user, Utc::now());
         }
-        Ok(())
+        Ok(previous)
     }
 
     async fn user(&self, user: &UserId) -> Result<UserPresence, PresenceError> {
@@ -240,7 +289,7 @@ impl Presence for MemoryPresence {
                 online: true,
                 status: u.status,
                 last_seen: None,
-                connections: u.conns,
+                connections: u.conns.len(),
             },
             None => UserPresence {
                 user_id: user.clone(),
@@ -253,13 +302,13 @@ impl Presence for MemoryPresence {
     }
 
     async fn connections(&self, user: &UserId) -> Result<usize, PresenceError> {
-        Ok(self.state().users.get(user).map_or(0, |u| u.conns))
+        Ok(self.state().users.get(user).map_or(0, |u| u.conns.len()))
     }
 
     async fn settle_offline(&self, user: &UserId) -> Result<Option<Vec<UserId>>, PresenceError> {
         let mut s = self.state();
         match s.users.get(user) {
-            Some(u) if u.conns == 0 => {}
+            Some(u) if u.conns.is_empty() => {}
             _ => return Ok(None),
         }
         let contacts = s.contacts(user);
@@ -308,12 +357,55 @@ impl Presence for MemoryPresence {
             .collect())
     }
 
+    async fn roster(&self, conversation: &ConversationId) -> Result<Vec<RosterEntry>, PresenceError> {
+        let s = self.state();
+        Ok(s.rosters
+            .get(conversation)
+            .into_iter()
+            .flatten()
+            .filter_map(|((user, conn), since)| {
+                let u = s.users.get(user).filter(|u| u.visible())?;
+                Some(RosterEntry {
+                    conn: conn.clone(),
+                    user: user.clone(),
+                    status: u.status,
+                    since: *since,
+                })
+            })
+            .collect())
+    }
+
+    async fn user_roster(&self, user: &UserId) -> Result<Vec<(ConversationId, RosterEntry)>, PresenceError> {
+        let s = self.state();
+        let Some(u) = s.users.get(user) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<(ConversationId, RosterEntry)> = u
+            .conns
+            .iter()
+            .filter_map(|conn| s.conns.get(conn).map(|c| (conn, c)))
+            .flat_map(|(conn, c)| {
+                c.joined.iter().map(move |(conv, since)| {
+                    let entry = RosterEntry {
+                        conn: conn.clone(),
+                        user: user.clone(),
+                        status: u.status,
+                        since: *since,
+                    };
+                    (conv.clone(), entry)
+                })
+            })
+            .collect();
+        out.sort_by(|(a, x), (b, y)| (a, &x.conn).cmp(&(b, &y.conn)));
+        Ok(out)
+    }
+
     async fn stats(&self) -> Result<ClusterStats, PresenceError> {
         let s = self.state();
         let node = NodeStats {
             node_id: self.node_id.clone(),
             connections: s.conns.len(),
-            users: s.users.values().filter(|u| u.conns > 0).count(),
+            users: s.users.values().filter(|u| !u.conns.is_empty()).count(),
             rooms: s.rooms.len(),
             started_at: self.started_at,
         };

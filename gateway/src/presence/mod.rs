@@ -1,10 +1,10 @@
 //! Presence remembers who is connected where: connections, users, statuses, who is joined to
-//! which conversation, and per-node counts.
+//! which conversation (per user, and per connection with the time it joined), and per-node counts.
 //!
 //! Contract, for every implementation:
 //! - A user is online while at least one of their connections is registered on any node.
 //! - A user whose status is `offline` (invisible) is shown offline in [`Presence::user`],
-//!   [`Presence::online_users`] and [`Presence::conversation_online`].
+//!   [`Presence::online_users`], [`Presence::conversation_online`] and [`Presence::roster`].
 //! - After the last connection of a user closes, the user lingers: a new connection within the
 //!   offline grace is not a new arrival, and [`Presence::settle_offline`] decides afterwards
 //!   whether the user really left.
@@ -57,6 +57,8 @@ pub struct Disconnected {
     pub left: Vec<ConversationId>,
     /// The user was visible (status other than `offline`).
     pub was_visible: bool,
+    /// The user's status when the connection closed.
+    pub status: Status,
 }
 
 /// What a join or leave changed.
@@ -66,9 +68,24 @@ pub struct Change {
     pub connection: bool,
     /// The user's membership changed: their first joined connection arrived, or their last left.
     pub user: bool,
+    /// The user's status at the time (`online` for an unknown connection).
+    pub status: Status,
 }
 
-/// A user whose connections died with their node, found by the reaper.
+/// One connection joined to a conversation, as a presence list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterEntry {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its user.
+    pub user: UserId,
+    /// The user's status (every connection of a user shares it).
+    pub status: Status,
+    /// When this connection joined the conversation (ms precision).
+    pub since: DateTime<Utc>,
+}
+
+/// A connection that died with its node, found by the reaper.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Departure {
     /// The user.
@@ -77,6 +94,12 @@ pub struct Departure {
     pub left: Vec<ConversationId>,
     /// When the user has no connection left anywhere and was visible: the contacts to tell.
     pub offline_contacts: Option<Vec<UserId>>,
+    /// The dead connection.
+    pub conn: ConnId,
+    /// Every conversation it was joined to.
+    pub joined: Vec<ConversationId>,
+    /// The user's status at the time.
+    pub status: Status,
 }
 
 /// A user's presence as others see it.
@@ -141,12 +164,19 @@ pub trait Presence: Send + Sync + 'static {
     async fn connect(&self, entry: ConnectionEntry) -> Result<bool, PresenceError>;
     /// Removes a connection and its joins; `None` when it was not registered.
     async fn disconnect(&self, conn: &ConnId) -> Result<Option<Disconnected>, PresenceError>;
-    /// Joins a registered connection to a conversation.
-    async fn join(&self, conn: &ConnId, conversation: &ConversationId) -> Result<Change, PresenceError>;
+    /// Joins a registered connection to a conversation; `at` becomes its roster entry's `since`
+    /// (a connection already joined keeps its first `since`).
+    async fn join(
+        &self,
+        conn: &ConnId,
+        conversation: &ConversationId,
+        at: DateTime<Utc>,
+    ) -> Result<Change, PresenceError>;
     /// Takes a connection out of a conversation.
     async fn leave(&self, conn: &ConnId, conversation: &ConversationId) -> Result<Change, PresenceError>;
-    /// Sets a connected user's status.
-    async fn set_status(&self, user: &UserId, status: Status) -> Result<(), PresenceError>;
+    /// Sets a connected user's status; returns the previous one (`online` when none was set, or
+    /// when the user is not connected, in which case nothing changes).
+    async fn set_status(&self, user: &UserId, status: Status) -> Result<Status, PresenceError>;
     /// A user's presence as others see it (also for unknown users).
     async fn user(&self, user: &UserId) -> Result<UserPresence, PresenceError>;
     /// How many connections the user has anywhere, visible or not (for direct delivery).
@@ -160,6 +190,12 @@ pub trait Presence: Send + Sync + 'static {
     async fn online_users(&self, after: Option<&str>, limit: usize) -> Result<UserPage, PresenceError>;
     /// Visible users with a connection joined to the conversation.
     async fn conversation_online(&self, conversation: &ConversationId) -> Result<Vec<UserId>, PresenceError>;
+    /// The visible connections joined to the conversation on every node, one entry per
+    /// connection, sorted by (user, conn).
+    async fn roster(&self, conversation: &ConversationId) -> Result<Vec<RosterEntry>, PresenceError>;
+    /// Every connection of the user joined to a conversation, on every node and whatever the
+    /// status, sorted by (conversation, conn).
+    async fn user_roster(&self, user: &UserId) -> Result<Vec<(ConversationId, RosterEntry)>, PresenceError>;
     /// Per-node and total counts.
     async fn stats(&self) -> Result<ClusterStats, PresenceError>;
     /// How often [`Presence::maintain`] must run; `None` when there is nothing to maintain.
@@ -197,9 +233,23 @@ pub(crate) mod tests {
         ids.iter().map(|u| UserId::from(*u)).collect()
     }
 
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap_or_default()
+    }
+
+    fn listed(conn: &str, user: &str, status: Status, since: DateTime<Utc>) -> RosterEntry {
+        RosterEntry {
+            conn: conn.into(),
+            user: user.into(),
+            status,
+            since,
+        }
+    }
+
     pub(crate) async fn conformance(p: &dyn Presence) -> Result<(), PresenceError> {
         users_come_and_go_with_their_last_connection(p).await?;
         contacts_share_a_circle_and_invisible_users_hide(p).await?;
+        rosters_list_each_joined_connection(p).await?;
         stats_count_this_node(p).await
     }
 
@@ -207,11 +257,11 @@ pub(crate) mod tests {
         assert!(p.connect(entry("a1", "alice", &[])).await?);
         assert!(!p.connect(entry("a2", "alice", &[])).await?);
         assert_eq!(p.connections(&"alice".into()).await?, 2);
-        assert!(p.join(&"a1".into(), &"c".into()).await?.user);
-        let again = p.join(&"a2".into(), &"c".into()).await?;
+        assert!(p.join(&"a1".into(), &"c".into(), at(0)).await?.user);
+        let again = p.join(&"a2".into(), &"c".into(), at(0)).await?;
         assert!(again.connection && !again.user);
-        assert_eq!(p.join(&"a2".into(), &"c".into()).await?, Change::default());
-        assert_eq!(p.join(&"nobody".into(), &"c".into()).await?, Change::default());
+        assert_eq!(p.join(&"a2".into(), &"c".into(), at(0)).await?, Change::default());
+        assert_eq!(p.join(&"nobody".into(), &"c".into(), at(0)).await?, Change::default());
         assert_eq!(p.conversation_online(&"c".into()).await?, users(&["alice"]));
         assert!(!p.leave(&"a1".into(), &"c".into()).await?.user);
         assert_eq!(p.leave(&"a1".into(), &"c".into()).await?, Change::default());
@@ -244,8 +294,8 @@ pub(crate) mod tests {
         p.connect(entry("a", "alice", &["team-*"])).await?;
         p.connect(entry("b", "bob", &["team-*"])).await?;
         p.connect(entry("c", "carol", &[])).await?;
-        p.join(&"c".into(), &"room".into()).await?;
-        p.join(&"a".into(), &"room".into()).await?;
+        p.join(&"c".into(), &"room".into(), at(0)).await?;
+        p.join(&"a".into(), &"room".into(), at(0)).await?;
         assert_eq!(p.contacts(&"alice".into()).await?, users(&["bob", "carol"]));
         assert_eq!(p.contacts(&"bob".into()).await?, users(&["alice"]));
         p.set_status(&"bob".into(), Status::Busy).await?;
@@ -281,12 +331,109 @@ pub(crate) mod tests {
         Ok(())
     }
 
+    async fn rosters_list_each_joined_connection(p: &dyn Presence) -> Result<(), PresenceError> {
+        for (conn, user) in [("n1", "ann"), ("n2", "ann"), ("b1", "ben")] {
+            p.connect(entry(conn, user, &[])).await?;
+        }
+        // `since` keeps milliseconds only.
+        let first = at(1_700_000_000_123) + chrono::Duration::microseconds(456);
+        let joined = p.join(&"b1".into(), &"hall".into(), first).await?;
+        assert_eq!(
+            joined,
+            Change {
+                connection: true,
+                user: true,
+                status: Status::Online
+            }
+        );
+        p.join(&"n2".into(), &"hall".into(), at(2_000)).await?;
+        p.join(&"n1".into(), &"hall".into(), at(3_000)).await?;
+        p.join(&"n1".into(), &"lobby".into(), at(4_000)).await?;
+        // Joining again changes nothing, not even `since`.
+        assert_eq!(
+            p.join(&"n1".into(), &"hall".into(), at(9_000)).await?,
+            Change::default()
+        );
+        let since_first = at(1_700_000_000_123);
+        // One entry per connection, sorted by user then connection.
+        assert_eq!(
+            p.roster(&"hall".into()).await?,
+            vec![
+                listed("n1", "ann", Status::Online, at(3_000)),
+                listed("n2", "ann", Status::Online, at(2_000)),
+                listed("b1", "ben", Status::Online, since_first),
+            ]
+        );
+        assert!(p.roster(&"nowhere".into()).await?.is_empty());
+
+        // set_status answers the previous status; every connection shows the new one.
+        assert_eq!(p.set_status(&"ann".into(), Status::Busy).await?, Status::Online);
+        assert_eq!(p.set_status(&"ann".into(), Status::Away).await?, Status::Busy);
+        assert_eq!(p.set_status(&"nobody".into(), Status::Busy).await?, Status::Online);
+        assert_eq!(p.user(&"nobody".into()).await?.status, Status::Offline);
+        let left = p.leave(&"n2".into(), &"hall".into()).await?;
+        assert_eq!(
+            left,
+            Change {
+                connection: true,
+                user: false,
+                status: Status::Away
+            }
+        );
+        assert_eq!(
+            p.roster(&"hall".into()).await?,
+            vec![
+                listed("n1", "ann", Status::Away, at(3_000)),
+                listed("b1", "ben", Status::Online, since_first),
+            ]
+        );
+        assert_eq!(
+            p.user_roster(&"ann".into()).await?,
+            vec![
+                ("hall".into(), listed("n1", "ann", Status::Away, at(3_000))),
+                ("lobby".into(), listed("n1", "ann", Status::Away, at(4_000))),
+            ]
+        );
+
+        // Invisible users are left out of rosters, but not out of their own.
+        assert_eq!(p.set_status(&"ben".into(), Status::Offline).await?, Status::Online);
+        assert_eq!(
+            p.roster(&"hall".into()).await?,
+            vec![listed("n1", "ann", Status::Away, at(3_000))]
+        );
+        assert_eq!(
+            p.user_roster(&"ben".into()).await?,
+            vec![("hall".into(), listed("b1", "ben", Status::Offline, since_first))]
+        );
+
+        // Disconnecting removes every entry of the connection.
+        let gone = p.disconnect(&"n1".into()).await?;
+        assert_eq!(gone.map(|d| (d.last_connection, d.status)), Some((false, Status::Away)));
+        assert!(p.roster(&"hall".into()).await?.is_empty());
+        assert!(p.roster(&"lobby".into()).await?.is_empty());
+        assert!(p.user_roster(&"ann".into()).await?.is_empty());
+        let gone = p.disconnect(&"b1".into()).await?;
+        assert_eq!(
+            gone.map(|d| (d.last_connection, d.was_visible, d.status)),
+            Some((true, false, Status::Offline))
+        );
+        assert!(p.user_roster(&"ben".into()).await?.is_empty());
+        // Lingering is not connected: nothing changes.
+        assert_eq!(p.set_status(&"ben".into(), Status::Busy).await?, Status::Online);
+        assert!(p.roster(&"hall".into()).await?.is_empty());
+        p.disconnect(&"n2".into()).await?;
+        for user in ["ann", "ben"] {
+            p.settle_offline(&user.into()).await?;
+        }
+        Ok(())
+    }
+
     async fn stats_count_this_node(p: &dyn Presence) -> Result<(), PresenceError> {
         p.connect(entry("x1", "xavier", &[])).await?;
         p.connect(entry("x2", "xavier", &[])).await?;
         p.connect(entry("y1", "yvonne", &[])).await?;
-        p.join(&"x1".into(), &"r1".into()).await?;
-        p.join(&"y1".into(), &"r2".into()).await?;
+        p.join(&"x1".into(), &"r1".into(), at(0)).await?;
+        p.join(&"y1".into(), &"r2".into(), at(0)).await?;
         let stats = p.stats().await?;
         assert_eq!((stats.connections, stats.users, stats.rooms), (3, 2, 2));
         let node = stats.nodes.iter().find(|n| n.node_id.as_str() == "n1");

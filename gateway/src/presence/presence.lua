@@ -22,12 +22,25 @@ local function add_circle(p, user, circle)
   end
 end
 
-local function visible(p, user)
-  return redis.call('HGET', key(p, 'status'), user) ~= 'offline'
+-- No field means `online`: most users never set a status, and `online` costs no key.
+local function status_of(p, user)
+  return redis.call('HGET', key(p, 'status'), user) or 'online'
 end
 
--- Takes a user out of a conversation once; true when it was their last joined connection.
-local function unjoin(p, node, user, conv)
+local function visible(p, user)
+  return status_of(p, user) ~= 'offline'
+end
+
+-- A `croster` value is `user|since_ms`. The user comes first and may itself hold a `|`; the
+-- time never does, so the last `|` splits them. Returns user, since_ms (nil when malformed).
+local function roster_value(value)
+  return string.match(value, '^(.*)|(%-?%d+)$')
+end
+
+-- Takes a connection of `user` out of a conversation; true when it was the user's last joined
+-- connection there.
+local function unjoin(p, node, user, conv, conn)
+  redis.call('HDEL', key(p, 'croster', conv), conn)
   local rooms = key(p, 'nroom', node)
   if redis.call('HINCRBY', rooms, conv, -1) <= 0 then
     redis.call('HDEL', rooms, conv)
@@ -44,19 +57,20 @@ local function unjoin(p, node, user, conv)
 end
 
 -- Removes one connection of `node`. Returns nil when unknown, else
--- {user, last_connection (0/1), was_visible (0/1), {joined...}, {left...}}.
+-- {user, last_connection (0/1), was_visible (0/1), {joined...}, {left...}, status}.
 local function drop(p, node, conn, now)
   local user = redis.call('HGET', key(p, 'nconn', node), conn)
   if not user then
     return nil
   end
-  local was_visible = visible(p, user) and 1 or 0
+  local status = status_of(p, user)
+  local was_visible = status ~= 'offline' and 1 or 0
   redis.call('HDEL', key(p, 'nconn', node), conn)
   redis.call('HDEL', key(p, 'uc', user), conn)
   local joined = redis.call('SMEMBERS', key(p, 'join', conn))
   local left = {}
   for _, conv in ipairs(joined) do
-    if unjoin(p, node, user, conv) then
+    if unjoin(p, node, user, conv, conn) then
       table.insert(left, conv)
     end
   end
@@ -67,7 +81,7 @@ local function drop(p, node, conn, now)
     redis.call('ZREM', key(p, 'online'), user)
     redis.call('SET', key(p, 'seen', user), now, 'EX', SEEN_TTL)
   end
-  return { user, last, was_visible, joined, left }
+  return { user, last, was_visible, joined, left, status }
 end
 
 local function contacts_of(p, user)
@@ -120,36 +134,52 @@ redis.register_function('sb_disconnect', function(_, args)
   return drop(args[1], args[2], args[3], args[4])
 end)
 
--- ARGV: prefix, node, conn, conv → {connection_changed, user_changed}.
+-- ARGV: prefix, node, conn, conv, since_ms → {connection_changed, user_changed, status}. A
+-- connection joined already keeps its first `since`.
 redis.register_function('sb_join', function(_, args)
-  local p, node, conn, conv = args[1], args[2], args[3], args[4]
+  local p, node, conn, conv, since = args[1], args[2], args[3], args[4], args[5]
   local user = redis.call('HGET', key(p, 'nconn', node), conn)
-  if not user or redis.call('SADD', key(p, 'join', conn), conv) == 0 then
-    return { 0, 0 }
+  if not user then
+    return { 0, 0, 'online' }
+  end
+  if redis.call('SADD', key(p, 'join', conn), conv) == 0 then
+    return { 0, 0, status_of(p, user) }
+  end
+  if not since then
+    -- A node of an older version (they share this library during a rolling upgrade) sends no
+    -- time; Redis's clock is close enough.
+    local t = redis.call('TIME')
+    since = string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))
   end
   redis.call('HINCRBY', key(p, 'nroom', node), conv, 1)
   local n = redis.call('HINCRBY', key(p, 'conv', conv), user, 1)
+  redis.call('HSET', key(p, 'croster', conv), conn, user .. '|' .. since)
   redis.call('SADD', key(p, 'rooms'), conv)
   add_circle(p, user, conv)
-  return { 1, n == 1 and 1 or 0 }
+  return { 1, n == 1 and 1 or 0, status_of(p, user) }
 end)
 
--- ARGV: prefix, node, conn, conv → {connection_changed, user_changed}.
+-- ARGV: prefix, node, conn, conv → {connection_changed, user_changed, status}.
 redis.register_function('sb_leave', function(_, args)
   local p, node, conn, conv = args[1], args[2], args[3], args[4]
   local user = redis.call('HGET', key(p, 'nconn', node), conn)
-  if not user or redis.call('SREM', key(p, 'join', conn), conv) == 0 then
-    return { 0, 0 }
+  if not user then
+    return { 0, 0, 'online' }
   end
-  return { 1, unjoin(p, node, user, conv) and 1 or 0 }
+  if redis.call('SREM', key(p, 'join', conn), conv) == 0 then
+    return { 0, 0, status_of(p, user) }
+  end
+  return { 1, unjoin(p, node, user, conv, conn) and 1 or 0, status_of(p, user) }
 end)
 
--- ARGV: prefix, user, status, now_ms → 1 when the user is connected.
+-- ARGV: prefix, user, status, now_ms → the user's previous status; 'online' when the user is
+-- not connected, and then nothing changes (a lingering user keeps the status they left with).
 redis.register_function('sb_status', function(_, args)
   local p, user, status, now = args[1], args[2], args[3], args[4]
   if redis.call('HLEN', key(p, 'uc', user)) == 0 then
-    return 0
+    return 'online'
   end
+  local previous = status_of(p, user)
   if status == 'online' then
     redis.call('HDEL', key(p, 'status'), user)
   else
@@ -158,7 +188,7 @@ redis.register_function('sb_status', function(_, args)
   if status == 'offline' then
     redis.call('SET', key(p, 'seen', user), now, 'EX', SEEN_TTL)
   end
-  return 1
+  return previous
 end)
 
 -- ARGV: prefix, user → {1, {contacts...}} for the settling caller, {0} otherwise.
@@ -223,6 +253,42 @@ redis.register_function('sb_conversation_online', function(_, args)
   return out
 end)
 
+-- ARGV: prefix, conv → {{conn, user, status, since_ms}...}: one row per visible connection joined
+-- to it, unsorted (the caller sorts by byte order, which Lua's locale-dependent `<` may not be).
+redis.register_function('sb_roster', function(_, args)
+  local p, conv = args[1], args[2]
+  local fields = redis.call('HGETALL', key(p, 'croster', conv))
+  local statuses, out = {}, {}
+  for i = 1, #fields, 2 do
+    local user, since = roster_value(fields[i + 1])
+    if user then
+      -- A user's connections share one status: read it once per user, not per connection.
+      statuses[user] = statuses[user] or status_of(p, user)
+      if statuses[user] ~= 'offline' then
+        table.insert(out, { fields[i], user, statuses[user], since })
+      end
+    end
+  end
+  return out
+end)
+
+-- ARGV: prefix, user → {status, {{conv, conn, since_ms}...}}: every joined connection of the user,
+-- invisible or not, unsorted.
+redis.register_function('sb_user_roster', function(_, args)
+  local p, user = args[1], args[2]
+  local out = {}
+  for _, conn in ipairs(redis.call('HKEYS', key(p, 'uc', user))) do
+    for _, conv in ipairs(redis.call('SMEMBERS', key(p, 'join', conn))) do
+      local value = redis.call('HGET', key(p, 'croster', conv), conn)
+      local _, since = roster_value(value or '')
+      if since then
+        table.insert(out, { conv, conn, since })
+      end
+    end
+  end
+  return { status_of(p, user), out }
+end)
+
 -- ARGV: prefix, node, expires_at_ms, started_at → 1 when the node was not registered (first
 -- heartbeat, or its entries were lost or reaped: the caller registers its connections again).
 redis.register_function('sb_heartbeat', function(_, args)
@@ -238,8 +304,9 @@ redis.register_function('sb_depart', function(_, args)
 end)
 
 -- ARGV: prefix, now_ms → reaps every node whose heartbeat expired. Each dead node is claimed by
--- exactly one caller (ZREM), so its departures are announced once cluster-wide. Returns
--- {{user, {left convs...}, offline (0/1), {contacts...}}...}.
+-- exactly one caller (ZREM), so its departures are announced once cluster-wide. Returns one row
+-- per dropped connection: {{user, {left convs...}, offline (0/1), {contacts...}, conn,
+-- {joined convs...}, status}...}.
 redis.register_function('sb_reap', function(_, args)
   local p, now = args[1], tonumber(args[2])
   local out = {}
@@ -255,7 +322,7 @@ redis.register_function('sb_reap', function(_, args)
           contacts = settle(p, d[1]) or {}
           offline = d[3]
         end
-        table.insert(out, { d[1], d[5], offline, contacts })
+        table.insert(out, { d[1], d[5], offline, contacts, conn, d[4], d[6] })
       end
     end
     redis.call('DEL', key(p, 'nconn', node), key(p, 'nroom', node), key(p, 'ninfo', node))

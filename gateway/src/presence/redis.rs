@@ -6,8 +6,8 @@
 //! Redis comes back empty (a restart without persistence) or after it was reaped by mistake.
 
 use super::{
-    Change, ClusterStats, ConnectionEntry, Departure, Disconnected, NodeStats, Presence, PresenceError, UserPage,
-    UserPresence,
+    Change, ClusterStats, ConnectionEntry, Departure, Disconnected, NodeStats, Presence, PresenceError, RosterEntry,
+    UserPage, UserPresence,
 };
 use crate::redis::{COMMAND_TIMEOUT, Redis};
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use fred::prelude::*;
 use fred::types::Value;
 use shared::{ConnId, ConversationId, NodeId, Status, UserId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -50,13 +50,15 @@ struct Registration {
     conn: ConnId,
     user: UserId,
     circles: Vec<String>,
-    joined: Vec<ConversationId>,
+    joined: Vec<(ConversationId, i64)>,
 }
 
 struct LocalConn {
     user: UserId,
     circles: Vec<String>,
-    joined: HashSet<ConversationId>,
+    /// Conversation → when this connection joined it (ms), so that registering again keeps the
+    /// roster's `since`.
+    joined: HashMap<ConversationId, i64>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> PresenceError {
@@ -91,6 +93,11 @@ fn strings<T: From<String>>(v: Value) -> Vec<T> {
 
 fn time_ms(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
+}
+
+/// A status as Redis answers it; `online` for anything else (no field means `online`).
+fn status(v: &Value) -> Status {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or_default()
 }
 
 impl RedisPresence {
@@ -194,7 +201,7 @@ impl RedisPresence {
                     conn: id.clone(),
                     user: c.user.clone(),
                     circles: c.circles.clone(),
-                    joined: c.joined.iter().cloned().collect(),
+                    joined: c.joined.iter().map(|(conv, since)| (conv.clone(), *since)).collect(),
                 })
                 .collect();
             let statuses: Vec<(UserId, Status)> = local.statuses.iter().map(|(u, s)| (u.clone(), *s)).collect();
@@ -208,8 +215,10 @@ impl RedisPresence {
             let mut args: Vec<&str> = vec![&self.node_id.0, &r.conn.0, &r.user.0];
             args.extend(r.circles.iter().map(String::as_str));
             self.call("sb_connect", &args).await?;
-            for conv in r.joined {
-                self.call("sb_join", &[&self.node_id.0, &r.conn.0, &conv.0]).await?;
+            for (conv, since) in r.joined {
+                let since = since.to_string();
+                self.call("sb_join", &[&self.node_id.0, &r.conn.0, &conv.0, &since])
+                    .await?;
             }
         }
         for (user, status) in statuses {
@@ -231,10 +240,16 @@ impl RedisPresence {
                 let left = row.next().map(strings).unwrap_or_default();
                 let offline = row.next().map(|o| int(&o)) == Some(1);
                 let contacts = row.next().map(strings).unwrap_or_default();
+                let conn = ConnId(row.next().map(|c| string(&c)).unwrap_or_default());
+                let joined = row.next().map(strings).unwrap_or_default();
+                let status = row.next().map(|s| status(&s)).unwrap_or_default();
                 Departure {
                     user,
                     left,
                     offline_contacts: offline.then_some(contacts),
+                    conn,
+                    joined,
+                    status,
                 }
             })
             .collect())
@@ -245,6 +260,7 @@ impl RedisPresence {
         Change {
             connection: v.first().map(int) == Some(1),
             user: v.get(1).map(int) == Some(1),
+            status: v.get(2).map(status).unwrap_or_default(),
         }
     }
 }
@@ -260,22 +276,23 @@ impl Presence for RedisPresence {
             LocalConn {
                 user: entry.user,
                 circles: entry.circles,
-                joined: HashSet::new(),
+                joined: HashMap::new(),
             },
         );
         Ok(arrived)
     }
 
     async fn disconnect(&self, conn: &ConnId) -> Result<Option<Disconnected>, PresenceError> {
-        let (user, joined) = {
+        let (user, joined, local_status) = {
             let mut local = self.local();
             let Some(gone) = local.conns.remove(conn) else {
                 return Ok(None);
             };
+            let local_status = local.statuses.get(&gone.user).copied().unwrap_or_default();
             if !local.conns.values().any(|c| c.user == gone.user) {
                 local.statuses.remove(&gone.user);
             }
-            (gone.user, gone.joined)
+            (gone.user, gone.joined, local_status)
         };
         let now = now_ms().to_string();
         let v = match self.call("sb_disconnect", &[&self.node_id.0, &conn.0, &now]).await {
@@ -288,9 +305,11 @@ impl Presence for RedisPresence {
                 return Ok(Some(Disconnected {
                     user,
                     last_connection: false,
-                    joined: joined.into_iter().collect(),
+                    joined: joined.into_keys().collect(),
                     left: Vec::new(),
                     was_visible: false,
+                    // This node's last word on it; another node may have changed it since.
+                    status: local_status,
                 }));
             }
         };
@@ -306,18 +325,28 @@ impl Presence for RedisPresence {
             joined: strings(joined),
             left: strings(left),
             was_visible: int(&visible) == 1,
+            status: v.next().map(|s| status(&s)).unwrap_or_default(),
         }))
     }
 
-    async fn join(&self, conn: &ConnId, conversation: &ConversationId) -> Result<Change, PresenceError> {
+    async fn join(
+        &self,
+        conn: &ConnId,
+        conversation: &ConversationId,
+        at: DateTime<Utc>,
+    ) -> Result<Change, PresenceError> {
+        let since = at.timestamp_millis();
         let change = Self::parse_change(
-            self.call("sb_join", &[&self.node_id.0, &conn.0, &conversation.0])
-                .await?,
+            self.call(
+                "sb_join",
+                &[&self.node_id.0, &conn.0, &conversation.0, &since.to_string()],
+            )
+            .await?,
         );
         if change.connection
             && let Some(c) = self.local().conns.get_mut(conn)
         {
-            c.joined.insert(conversation.clone());
+            c.joined.insert(conversation.clone(), since);
         }
         Ok(change)
     }
@@ -333,14 +362,14 @@ impl Presence for RedisPresence {
         Ok(change)
     }
 
-    async fn set_status(&self, user: &UserId, status: Status) -> Result<(), PresenceError> {
+    async fn set_status(&self, user: &UserId, new: Status) -> Result<Status, PresenceError> {
         let now = now_ms().to_string();
-        self.call("sb_status", &[&user.0, status.as_str(), &now]).await?;
+        let previous = status(&self.call("sb_status", &[&user.0, new.as_str(), &now]).await?);
         let mut local = self.local();
         if local.conns.values().any(|c| &c.user == user) {
-            local.statuses.insert(user.clone(), status);
+            local.statuses.insert(user.clone(), new);
         }
-        Ok(())
+        Ok(previous)
     }
 
     async fn user(&self, user: &UserId) -> Result<UserPresence, PresenceError> {
@@ -402,6 +431,47 @@ impl Presence for RedisPresence {
 
     async fn conversation_online(&self, conversation: &ConversationId) -> Result<Vec<UserId>, PresenceError> {
         Ok(strings(self.call("sb_conversation_online", &[&conversation.0]).await?))
+    }
+
+    async fn roster(&self, conversation: &ConversationId) -> Result<Vec<RosterEntry>, PresenceError> {
+        let rows = items(self.call("sb_roster", &[&conversation.0]).await?);
+        let mut entries: Vec<RosterEntry> = rows
+            .into_iter()
+            .filter_map(|row| {
+                let row = items(row);
+                Some(RosterEntry {
+                    conn: ConnId(string(row.first()?)),
+                    user: UserId(string(row.get(1)?)),
+                    status: status(row.get(2)?),
+                    since: time_ms(int(row.get(3)?))?,
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| (&a.user, &a.conn).cmp(&(&b.user, &b.conn)));
+        Ok(entries)
+    }
+
+    async fn user_roster(&self, user: &UserId) -> Result<Vec<(ConversationId, RosterEntry)>, PresenceError> {
+        let mut v = items(self.call("sb_user_roster", &[&user.0]).await?).into_iter();
+        let shown = v.next().map(|s| status(&s)).unwrap_or_default();
+        let mut entries: Vec<(ConversationId, RosterEntry)> = v
+            .next()
+            .map(items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|row| {
+                let row = items(row);
+                let entry = RosterEntry {
+                    conn: ConnId(string(row.get(1)?)),
+                    user: user.clone(),
+                    status: shown,
+                    since: time_ms(int(row.get(2)?))?,
+                };
+                Some((ConversationId(string(row.first()?)), entry))
+            })
+            .collect();
+        entries.sort_by(|(a, x), (b, y)| (a, &x.conn).cmp(&(b, &y.conn)));
+        Ok(entries)
     }
 
     async fn stats(&self) -> Result<ClusterStats, PresenceError> {
@@ -486,33 +556,66 @@ mod tests {
             user: user.into(),
             circles: vec!["team".into()],
         };
+        let joined_at = Utc.timestamp_millis_opt(1_700_000_000_000).single().ok_or("bad time")?;
         dead.connect(entry("d1", "dora")).await?;
-        dead.join(&"d1".into(), &"room".into()).await?;
+        dead.join(&"d1".into(), &"room".into(), joined_at).await?;
+        dead.join(&"d1".into(), &"side".into(), joined_at).await?;
+        dead.set_status(&"dora".into(), Status::Busy).await?;
         a.connect(entry("a1", "amy")).await?;
+        a.join(&"a1".into(), &"room".into(), joined_at).await?;
+        assert_eq!(a.roster(&"room".into()).await?.len(), 2);
         assert_eq!(a.stats().await?.nodes.len(), 3);
         // `dead` stops heartbeating; after its TTL exactly one survivor reaps it.
         tokio::time::sleep(ttl + Duration::from_millis(100)).await;
         let (from_a, from_b) = (a.maintain().await?, b.maintain().await?);
-        let reaped: Vec<_> = from_a.into_iter().chain(from_b).collect();
+        let mut reaped: Vec<_> = from_a.into_iter().chain(from_b).collect();
+        for d in &mut reaped {
+            d.left.sort();
+            d.joined.sort();
+        }
         assert_eq!(
             reaped,
             vec![Departure {
                 user: "dora".into(),
-                left: vec!["room".into()],
+                left: vec!["room".into(), "side".into()],
                 offline_contacts: Some(vec!["amy".into()]),
+                conn: "d1".into(),
+                joined: vec!["room".into(), "side".into()],
+                status: Status::Busy,
             }]
         );
         assert_eq!(a.connections(&"dora".into()).await?, 0);
-        assert!(a.conversation_online(&"room".into()).await?.is_empty());
+        assert_eq!(a.conversation_online(&"room".into()).await?, vec![UserId::from("amy")]);
+        assert_eq!(
+            a.roster(&"room".into()).await?,
+            vec![RosterEntry {
+                conn: "a1".into(),
+                user: "amy".into(),
+                status: Status::Online,
+                since: joined_at,
+            }]
+        );
+        assert!(a.roster(&"side".into()).await?.is_empty());
+        assert!(a.user_roster(&"dora".into()).await?.is_empty());
         assert_eq!(a.stats().await?.nodes.len(), 2);
 
         // A node whose entries vanished (a Redis restart) registers its connections again.
         let flush: Value = a.redis.client.flushall(false).await?;
         drop(flush);
         assert_eq!(a.connections(&"amy".into()).await?, 0);
+        assert!(b.roster(&"room".into()).await?.is_empty());
         a.maintain().await?;
         assert_eq!(a.connections(&"amy".into()).await?, 1);
         assert_eq!(b.online_users(None, 10).await?.users, vec![UserId::from("amy")]);
+        // Its roster entries come back with their original `since`.
+        let amy = RosterEntry {
+            conn: "a1".into(),
+            user: "amy".into(),
+            status: Status::Online,
+            since: joined_at,
+        };
+        assert_eq!(b.roster(&"room".into()).await?, vec![amy.clone()]);
+        assert_eq!(b.user_roster(&"amy".into()).await?, vec![("room".into(), amy)]);
         Ok(())
     }
 }
