@@ -200,6 +200,16 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub offline_grace: Option<String>,
 
+    /// A Phoenix socket with no inbound frame (not even a heartbeat) for this long is closed [default: 60s]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_PHOENIX_IDLE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
+    pub phoenix_idle_timeout: Option<String>,
+
     /// How long a SIGTERM drain may take [default: 30s]
     #[arg(long, global = true, env = "SWITCHBOARD_SHUTDOWN_GRACE", value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
@@ -404,6 +414,8 @@ pub struct Config {
     pub presence_ttl: Duration,
     /// Delay before announcing a user offline.
     pub offline_grace: Duration,
+    /// Idle Phoenix sockets are closed after this.
+    pub phoenix_idle_timeout: Duration,
     /// Longest SIGTERM drain.
     pub shutdown_grace: Duration,
     /// Development mode (prints a token and a curl line at start).
@@ -556,6 +568,10 @@ impl Config {
             max_message_bytes,
             presence_ttl,
             offline_grace: parse_duration("offline-grace", o.offline_grace.as_deref().unwrap_or("3s"))?,
+            phoenix_idle_timeout: parse_duration(
+                "phoenix-idle-timeout",
+                o.phoenix_idle_timeout.as_deref().unwrap_or("60s"),
+            )?,
             shutdown_grace: parse_duration("shutdown-grace", o.shutdown_grace.as_deref().unwrap_or("30s"))?,
             dev,
             log_format,

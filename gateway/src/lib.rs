@@ -7,6 +7,8 @@
 //! - [`inbound`]: client payload shapes read into domain requests, shared by the adapters.
 //! - [`socketio`]: the Socket.IO adapter — inbound events to domain commands, domain events
 //!   to each namespace's vocabulary. No business rule lives here.
+//! - [`phoenix`]: the Phoenix Channels adapter — channel frames to domain commands, domain
+//!   events to seed 004's channel events and Phoenix.Presence. No business rule lives here.
 //! - [`domain`]: the rules — access, presence status, typing expiry, who hears about whom.
 //! - [`bus`]: carries domain events to every node with local members of a topic.
 //! - [`store`]: conversations, members and messages — the record.
@@ -26,6 +28,7 @@ pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod net;
+pub mod phoenix;
 pub mod presence;
 pub mod redis;
 pub mod server;

@@ -9,8 +9,12 @@ pub struct Metrics {
     registry: Registry,
     /// Open Socket.IO connections (one per namespace socket).
     pub connections: IntGauge,
-    /// Connections closed, by reason (`transport_close`, `heartbeat_timeout` — which includes
-    /// consumers whose outbound queue stayed full —, `server_disconnect`, `client_disconnect`, …).
+    /// Open Phoenix sockets.
+    pub phoenix_connections: IntGauge,
+    /// Connections closed, by reason. Socket.IO: `transport_close`, `heartbeat_timeout` (which
+    /// includes consumers whose outbound queue stayed full), `server_disconnect`,
+    /// `client_disconnect`, …; Phoenix: `client_close`, `idle_timeout`, `slow_consumer`,
+    /// `server_close`, `transport_close`.
     pub disconnects: IntCounterVec,
     /// Frames not written because a connection's outbound queue was full.
     pub outbound_dropped: IntCounter,
@@ -54,8 +58,12 @@ impl Metrics {
         let connections = IntGauge::new("connections", "Open Socket.IO connections")
             .unwrap_or_else(|e| unreachable_metric("connections", e));
         let _ = registry.register(Box::new(connections.clone()));
+        let phoenix_connections = IntGauge::new("phoenix_connections", "Open Phoenix sockets")
+            .unwrap_or_else(|e| unreachable_metric("phoenix_connections", e));
+        let _ = registry.register(Box::new(phoenix_connections.clone()));
         Self {
             connections,
+            phoenix_connections,
             disconnects: counter_vec(
                 &registry,
                 "disconnects_total",

@@ -45,9 +45,6 @@ impl Redis {
         builder
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
-                // The bus reads pub/sub messages through this channel: a burst larger than it
-                // is lost (and counted), so leave room for bursts.
-                p.broadcast_channel_capacity = BUS_BACKLOG;
             })
             .with_connection_config(|c| {
                 c.connection_timeout = COMMAND_TIMEOUT;
@@ -56,6 +53,12 @@ impl Redis {
             })
             .set_policy(ReconnectPolicy::new_constant(0, 500));
         let client = builder.build().map_err(|e| RedisError::Config(e.to_string()))?;
+        // The bus reads pub/sub messages through this channel: a burst larger than it is lost
+        // (and counted), so leave room for bursts. Only the subscriber needs it: fred
+        // preallocates every broadcast channel of a client at this capacity.
+        builder.with_performance_config(|p| {
+            p.broadcast_channel_capacity = BUS_BACKLOG;
+        });
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| RedisError::Config(e.to_string()))?;

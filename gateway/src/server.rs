@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::domain::{Backends, Domain, Rules};
 use crate::http::{self, AppState, Readiness};
 use crate::net::{ClosableListener, ConnInfo};
+use crate::phoenix::PhoenixAdapter;
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::redis::Redis;
 use crate::socketio::SocketIoAdapter;
@@ -39,11 +40,12 @@ pub enum ServeError {
 
 /// A node's components, wired and ready to serve.
 pub struct Node {
-    /// The HTTP application (REST and Socket.IO).
+    /// The HTTP application (REST, Socket.IO and Phoenix).
     pub router: axum::Router,
     /// Shared REST state, readiness included.
     pub state: Arc<AppState>,
     socketio: Arc<SocketIoAdapter>,
+    phoenix: Arc<PhoenixAdapter>,
     redis: Option<Redis>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -113,6 +115,8 @@ impl Node {
         let domain = Arc::new(Domain::new(backends, rules, tasks.clone(), shutdown.clone()));
         let (sio_layer, socketio) = SocketIoAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
         fanout.register(socketio.clone());
+        let phoenix = PhoenixAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
+        fanout.register(phoenix.clone());
 
         let jwt = config
             .auth
@@ -127,11 +131,12 @@ impl Node {
             readiness: Readiness::new(redis.clone(), store.clone(), messages),
         });
         let max_body = usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX);
-        let router = http::router(state.clone(), sio_layer, &config.cors, max_body);
+        let router = http::router(state.clone(), sio_layer, phoenix.routes(), &config.cors, max_body);
         Ok(Node {
             router,
             state,
             socketio,
+            phoenix,
             redis,
             shutdown,
             tasks,
@@ -145,6 +150,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         router,
         state,
         socketio,
+        phoenix,
         redis,
         shutdown,
         tasks,
@@ -176,7 +182,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 std::process::exit(1);
             });
             // HTTP keeps serving meanwhile: load balancers see /ready 503 and move traffic.
-            socketio.drain(drain_window(grace)).await;
+            let window = drain_window(grace);
+            tokio::join!(socketio.drain(window), phoenix.drain(window));
             if clustered {
                 // Let the offline grace of the users just disconnected run out, so that those
                 // who did not come back elsewhere are announced, then leave the cluster.

@@ -3,7 +3,7 @@
 //! Payload structs serialise to the camelCase shapes of PROTOCOL.md 2.3, which the Socket.IO
 //! adapter sends as they are; other adapters map them to their own vocabulary.
 
-use crate::{ConversationId, Status, UserId};
+use crate::{ConnId, ConversationId, Status, UserId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,9 @@ pub enum Event {
     ReactionRemoved(Reaction),
     /// A member was removed from a conversation: that user's connections leave it at once.
     MemberRemoved(Membership),
+    /// Connections joined or left a conversation, or changed status in it (one entry per
+    /// connection: what per-device presence lists such as Phoenix.Presence are built from).
+    RosterChanged(RosterDiff),
 }
 
 /// A stored message: `{ id, conversationId, senderId, content, type, attachments, tempId, seq, sentAt }`.
@@ -170,6 +173,33 @@ pub struct Membership {
     pub conversation_id: ConversationId,
     /// The member.
     pub user_id: UserId,
+}
+
+/// One connection in a conversation's presence list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RosterEntry {
+    /// The connection's user.
+    pub user_id: UserId,
+    /// The connection.
+    pub conn_id: ConnId,
+    /// The user's status.
+    pub status: Status,
+    /// When the connection joined the conversation.
+    pub since: DateTime<Utc>,
+}
+
+/// What changed in a conversation's presence list. A status change is the same connection
+/// leaving with its old status and joining with its new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RosterDiff {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// Connections now listed.
+    pub joins: Vec<RosterEntry>,
+    /// Connections no longer listed (as they were listed).
+    pub leaves: Vec<RosterEntry>,
 }
 
 /// Typing: `{ conversationId, userId, isTyping }`.

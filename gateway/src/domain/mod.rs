@@ -21,8 +21,8 @@ use crate::config::AccessMode;
 use crate::metrics::METRICS;
 use crate::presence::{ClusterStats, ConnectionEntry, Departure, Presence, UserPage, UserPresence};
 use crate::store::{ConversationStore, HistoryPage, HistoryQuery, MessageStore};
-use chrono::Utc;
-use shared::event::{Direct, Membership, Notification, PresenceInfo, Typing, UserRef};
+use chrono::{DateTime, Utc};
+use shared::event::{Direct, Membership, Notification, PresenceInfo, RosterDiff, RosterEntry, Typing, UserRef};
 use shared::{ConnId, ConversationId, Delivery, Event, Status, Topic, UserId};
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,6 +196,8 @@ impl Domain {
                 .unsubscribe(&Topic::Conversation(conversation.clone()))
                 .await
                 .ok();
+            let entry = roster_entry(conn, &gone.user, gone.status, Utc::now());
+            publish_roster(self.bus.as_ref(), conversation, Vec::new(), vec![entry]).await;
         }
         for conversation in gone.left {
             self.member_left(conversation, gone.user.clone()).await;
@@ -252,7 +254,8 @@ impl Domain {
         let topic = Topic::Conversation(conversation.clone());
         // Subscribe first so no event published right after the join is missed.
         self.bus.subscribe(&topic).await?;
-        let change = match self.presence.join(conn, conversation, Utc::now()).await {
+        let at = Utc::now();
+        let change = match self.presence.join(conn, conversation, at).await {
             Ok(change) => change,
             Err(e) => {
                 self.bus.unsubscribe(&topic).await.ok();
@@ -262,32 +265,52 @@ impl Domain {
         if !change.connection {
             self.bus.unsubscribe(&topic).await.ok();
         }
+        // The answer is read before anyone is told, so that a failed join can be undone
+        // without a trace.
+        let answer = async {
+            let online_users = self.presence.conversation_online(conversation).await?;
+            let missed = match last_seq {
+                Some(after) => {
+                    let query = HistoryQuery {
+                        before: None,
+                        after: Some(after),
+                        limit: MAX_MISSED,
+                    };
+                    Some(self.messages.history(conversation, query).await?)
+                }
+                None => None,
+            };
+            Ok::<_, DomainError>(Joined { online_users, missed })
+        }
+        .await;
+        let joined = match answer {
+            Ok(joined) => joined,
+            Err(e) => {
+                if change.connection {
+                    self.presence.leave(conn, conversation).await.ok();
+                    self.bus.unsubscribe(&topic).await.ok();
+                }
+                return Err(e);
+            }
+        };
+        if change.connection {
+            let entry = roster_entry(conn, &who.user_id, change.status, at);
+            publish_roster(self.bus.as_ref(), conversation, vec![entry], Vec::new()).await;
+        }
         if change.user {
             let event = Event::MemberJoined(Membership {
                 conversation_id: conversation.clone(),
                 user_id: who.user_id.clone(),
             });
-            self.bus
+            if let Err(e) = self
+                .bus
                 .publish(Delivery::to(topic, event).except(who.user_id.clone()))
-                .await?;
+                .await
+            {
+                tracing::warn!(error = %e, "member joined not published");
+            }
         }
-        let online_users = self.presence.conversation_online(conversation).await?;
-        let missed = match last_seq {
-            Some(after) => Some(
-                self.messages
-                    .history(
-                        conversation,
-                        HistoryQuery {
-                            before: None,
-                            after: Some(after),
-                            limit: MAX_MISSED,
-                        },
-                    )
-                    .await?,
-            ),
-            None => None,
-        };
-        Ok(Joined { online_users, missed })
+        Ok(joined)
     }
 
     /// Takes a connection out of a conversation.
@@ -298,6 +321,8 @@ impl Domain {
                 .unsubscribe(&Topic::Conversation(conversation.clone()))
                 .await
                 .ok();
+            let entry = roster_entry(conn, &who.user_id, change.status, Utc::now());
+            publish_roster(self.bus.as_ref(), conversation, Vec::new(), vec![entry]).await;
         }
         if change.user {
             self.member_left(conversation.clone(), who.user_id.clone()).await;
@@ -335,13 +360,35 @@ impl Domain {
 
     /// Sets the caller's status; `offline` makes them invisible while connected.
     pub async fn set_status(&self, who: &Identity, status: Status) -> Result<Status, DomainError> {
-        let _previous = self.presence.set_status(&who.user_id, status).await?;
+        let previous = self.presence.set_status(&who.user_id, status).await?;
         let info = PresenceInfo {
             user_id: who.user_id.clone(),
             status,
             last_seen: (status == Status::Offline).then(Utc::now),
         };
         self.tell_contacts(&who.user_id, Event::PresenceChanged(info)).await?;
+        if previous != status {
+            // In presence lists, each of the user's connections leaves with its old status and
+            // joins with the new one.
+            let mut by_conversation: Vec<(ConversationId, Vec<RosterEntry>, Vec<RosterEntry>)> = Vec::new();
+            for (conversation, entry) in self.presence.user_roster(&who.user_id).await? {
+                let old = RosterEntry {
+                    status: previous,
+                    ..entry.clone()
+                };
+                let new = RosterEntry { status, ..entry };
+                match by_conversation.iter_mut().find(|(c, _, _)| *c == conversation) {
+                    Some((_, joins, leaves)) => {
+                        joins.push(new);
+                        leaves.push(old);
+                    }
+                    None => by_conversation.push((conversation, vec![new], vec![old])),
+                }
+            }
+            for (conversation, joins, leaves) in by_conversation {
+                publish_roster(self.bus.as_ref(), &conversation, joins, leaves).await;
+            }
+        }
         Ok(status)
     }
 
@@ -362,6 +409,17 @@ impl Domain {
     ) -> Result<Vec<UserId>, DomainError> {
         self.access.check(who, conversation).await?;
         Ok(self.presence.conversation_online(conversation).await?)
+    }
+
+    /// The visible connections joined to a conversation, cluster-wide: one entry per connection
+    /// (a presence list); `who` is `None` for a server caller.
+    pub async fn roster(
+        &self,
+        who: Option<&Identity>,
+        conversation: &ConversationId,
+    ) -> Result<Vec<RosterEntry>, DomainError> {
+        self.access.check(who, conversation).await?;
+        Ok(self.presence.roster(conversation).await?)
     }
 
     /// An event to every connection of a user; `not_found` when they are connected nowhere.
@@ -461,9 +519,49 @@ async fn publish_member_left(bus: &dyn Bus, conversation: ConversationId, user: 
     }
 }
 
-/// Announces departures found by the reaper: member-left, then user-offline to contacts.
+fn roster_entry(conn: &ConnId, user: &UserId, status: Status, since: DateTime<Utc>) -> RosterEntry {
+    RosterEntry {
+        user_id: user.clone(),
+        conn_id: conn.clone(),
+        status,
+        since,
+    }
+}
+
+/// Publishes a change of a conversation's presence list. Invisible users are not listed, so
+/// their entries are left out of both halves.
+async fn publish_roster(
+    bus: &dyn Bus,
+    conversation: &ConversationId,
+    mut joins: Vec<RosterEntry>,
+    mut leaves: Vec<RosterEntry>,
+) {
+    joins.retain(|e| e.status != Status::Offline);
+    leaves.retain(|e| e.status != Status::Offline);
+    if joins.is_empty() && leaves.is_empty() {
+        return;
+    }
+    let event = Event::RosterChanged(RosterDiff {
+        conversation_id: conversation.clone(),
+        joins,
+        leaves,
+    });
+    if let Err(e) = bus
+        .publish(Delivery::to(Topic::Conversation(conversation.clone()), event))
+        .await
+    {
+        tracing::debug!(error = %e, "presence list change not published");
+    }
+}
+
+/// Announces departures found by the reaper: presence-list leaves and member-left, then
+/// user-offline to contacts.
 async fn announce(bus: &dyn Bus, departures: Vec<Departure>) {
     for departure in departures {
+        for conversation in &departure.joined {
+            let entry = roster_entry(&departure.conn, &departure.user, departure.status, Utc::now());
+            publish_roster(bus, conversation, Vec::new(), vec![entry]).await;
+        }
         for conversation in departure.left {
             publish_member_left(bus, conversation, departure.user.clone()).await;
         }

@@ -122,8 +122,14 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// The whole HTTP application: REST routes inside the Socket.IO layer, inside CORS.
-pub fn router(state: Arc<AppState>, socketio: SocketIoLayer, cors: &CorsOrigins, max_body: usize) -> Router {
+/// The whole HTTP application: REST and Phoenix routes inside the Socket.IO layer, inside CORS.
+pub fn router(
+    state: Arc<AppState>,
+    socketio: SocketIoLayer,
+    phoenix: Router,
+    cors: &CorsOrigins,
+    max_body: usize,
+) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -153,8 +159,10 @@ pub fn router(state: Arc<AppState>, socketio: SocketIoLayer, cors: &CorsOrigins,
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
+        .merge(phoenix)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(socketio)
+        .layer(middleware::map_request(detach_from_read_buffer))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_new_sessions_while_draining,
@@ -168,7 +176,33 @@ pub fn router(state: Arc<AppState>, socketio: SocketIoLayer, cors: &CorsOrigins,
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
 }
 
-/// While draining, new Socket.IO sessions get 503 at the HTTP level, which clients treat as a
+/// Hyper parses the URI and header values of a request as slices of its connection's read
+/// buffer (16 KiB once grown), and socketioxide keeps each session's request parts for the
+/// session's whole life: without this copy every idle connection pins that buffer. axum's
+/// router also keeps a clone of the URI as it arrived (`OriginalUri`) in the extensions.
+async fn detach_from_read_buffer(mut request: axum::extract::Request) -> axum::extract::Request {
+    if !request.uri().path().starts_with("/socket.io") {
+        return request;
+    }
+    let shared = std::mem::take(request.headers_mut());
+    let mut own = axum::http::HeaderMap::with_capacity(shared.len());
+    for (name, value) in &shared {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            own.append(name.clone(), copy);
+        }
+    }
+    *request.headers_mut() = own;
+    if let Ok(uri) = axum::http::Uri::try_from(request.uri().to_string()) {
+        if let Some(original) = request.extensions_mut().get_mut::<axum::extract::OriginalUri>() {
+            original.0 = uri.clone();
+        }
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
+/// While draining, new Socket.IO sessions and Phoenix sockets get 503 at the HTTP level, which clients treat as a
 /// lost connection and retry with backoff (behind a load balancer, on another node); existing
 /// sessions carry on until the drain closes them.
 async fn refuse_new_sessions_while_draining(
@@ -176,13 +210,14 @@ async fn refuse_new_sessions_while_draining(
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
-    let new_session = request.uri().path().starts_with("/socket.io")
-        && !request
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .any(|kv| kv.starts_with("sid="));
+    let path = request.uri().path();
+    let resumes_session = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| kv.starts_with("sid="));
+    let new_session = path.starts_with("/socket/") || (path.starts_with("/socket.io") && !resumes_session);
     if new_session && state.readiness.is_draining() {
         return ApiError(DomainError::Unavailable("this node is draining".into())).into_response();
     }

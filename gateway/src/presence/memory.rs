@@ -366,8 +366,8 @@ impl Presence for MemoryPresence {
             .filter_map(|((user, conn), since)| {
                 let u = s.users.get(user).filter(|u| u.visible())?;
                 Some(RosterEntry {
-                    conn: conn.clone(),
-                    user: user.clone(),
+                    conn_id: conn.clone(),
+                    user_id: user.clone(),
                     status: u.status,
                     since: *since,
                 })
@@ -387,8 +387,8 @@ impl Presence for MemoryPresence {
             .flat_map(|(conn, c)| {
                 c.joined.iter().map(move |(conv, since)| {
                     let entry = RosterEntry {
-                        conn: conn.clone(),
-                        user: user.clone(),
+                        conn_id: conn.clone(),
+                        user_id: user.clone(),
                         status: u.status,
                         since: *since,
                     };
@@ -396,7 +396,7 @@ impl Presence for MemoryPresence {
                 })
             })
             .collect();
-        out.sort_by(|(a, x), (b, y)| (a, &x.conn).cmp(&(b, &y.conn)));
+        out.sort_by(|(a, x), (b, y)| (a, &x.conn_id).cmp(&(b, &y.conn_id)));
         Ok(out)
     }
 

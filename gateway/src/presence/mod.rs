@@ -72,18 +72,9 @@ pub struct Change {
     pub status: Status,
 }
 
-/// One connection joined to a conversation, as a presence list shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RosterEntry {
-    /// The connection.
-    pub conn: ConnId,
-    /// Its user.
-    pub user: UserId,
-    /// The user's status (every connection of a user shares it).
-    pub status: Status,
-    /// When this connection joined the conversation (ms precision).
-    pub since: DateTime<Utc>,
-}
+/// One connection joined to a conversation, as a presence list shows it (the domain event
+/// type, so that lists travel as they are read).
+pub use shared::event::RosterEntry;
 
 /// A connection that died with its node, found by the reaper.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,8 +230,8 @@ pub(crate) mod tests {
 
     fn listed(conn: &str, user: &str, status: Status, since: DateTime<Utc>) -> RosterEntry {
         RosterEntry {
-            conn: conn.into(),
-            user: user.into(),
+            conn_id: conn.into(),
+            user_id: user.into(),
             status,
             since,
         }

@@ -440,14 +440,14 @@ impl Presence for RedisPresence {
             .filter_map(|row| {
                 let row = items(row);
                 Some(RosterEntry {
-                    conn: ConnId(string(row.first()?)),
-                    user: UserId(string(row.get(1)?)),
+                    conn_id: ConnId(string(row.first()?)),
+                    user_id: UserId(string(row.get(1)?)),
                     status: status(row.get(2)?),
                     since: time_ms(int(row.get(3)?))?,
                 })
             })
             .collect();
-        entries.sort_by(|a, b| (&a.user, &a.conn).cmp(&(&b.user, &b.conn)));
+        entries.sort_by(|a, b| (&a.user_id, &a.conn_id).cmp(&(&b.user_id, &b.conn_id)));
         Ok(entries)
     }
 
@@ -462,15 +462,15 @@ impl Presence for RedisPresence {
             .filter_map(|row| {
                 let row = items(row);
                 let entry = RosterEntry {
-                    conn: ConnId(string(row.get(1)?)),
-                    user: user.clone(),
+                    conn_id: ConnId(string(row.get(1)?)),
+                    user_id: user.clone(),
                     status: shown,
                     since: time_ms(int(row.get(2)?))?,
                 };
                 Some((ConversationId(string(row.first()?)), entry))
             })
             .collect();
-        entries.sort_by(|(a, x), (b, y)| (a, &x.conn).cmp(&(b, &y.conn)));
+        entries.sort_by(|(a, x), (b, y)| (a, &x.conn_id).cmp(&(b, &y.conn_id)));
         Ok(entries)
     }
 
@@ -589,8 +589,8 @@ mod tests {
         assert_eq!(
             a.roster(&"room".into()).await?,
             vec![RosterEntry {
-                conn: "a1".into(),
-                user: "amy".into(),
+                conn_id: "a1".into(),
+                user_id: "amy".into(),
                 status: Status::Online,
                 since: joined_at,
             }]
@@ -609,8 +609,8 @@ mod tests {
         assert_eq!(b.online_users(None, 10).await?.users, vec![UserId::from("amy")]);
         // Its roster entries come back with their original `since`.
         let amy = RosterEntry {
-            conn: "a1".into(),
-            user: "amy".into(),
+            conn_id: "a1".into(),
+            user_id: "amy".into(),
             status: Status::Online,
             since: joined_at,
         };

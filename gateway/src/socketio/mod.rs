@@ -40,6 +40,10 @@ use tracing::Instrument;
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Each WebSocket connection's read buffer, allocated up front (socketioxide's default is
+/// 4 KiB). Client frames are small; a larger frame is read in several calls.
+const WS_READ_BUFFER: usize = 1024;
+
 /// How many batches a drain closes client transports in.
 const DRAIN_BATCHES: usize = 10;
 
@@ -280,6 +284,7 @@ impl SocketIoAdapter {
             .ping_interval(PING_INTERVAL)
             .ping_timeout(PING_TIMEOUT)
             .max_buffer_size(config.socketio.max_outbound_queue)
+            .ws_read_buffer_size(WS_READ_BUFFER)
             .max_payload(max_payload)
             .ws_max_message_size(usize::try_from(max_payload).unwrap_or(usize::MAX))
             .ws_max_frame_size(usize::try_from(max_payload).unwrap_or(usize::MAX))
@@ -427,9 +432,8 @@ async fn authenticate(s: SocketRef, State(ctx): State<Arc<Ctx>>, TryData(auth): 
     }
     s.extensions.insert(conn);
     METRICS.connections.inc();
-    for (name, command) in INBOUND {
-        on_event(&s, name, *command);
-    }
+    // One handler for every event, looked up in INBOUND: socketioxide keeps a map of boxed
+    // handlers per socket, and sixteen of them cost ~1.7 KB per connection.
     s.on_fallback(
         |s: SocketRef,
          State(ctx): State<Arc<Ctx>>,
@@ -437,7 +441,12 @@ async fn authenticate(s: SocketRef, State(ctx): State<Arc<Ctx>>, TryData(auth): 
          ev: socketioxide::extract::Event,
          inbound: Inbound| {
             let admitted = admit(&s);
-            handle(s, ctx, ack, inbound, admitted, ev.0.into(), None)
+            let known = INBOUND.iter().find(|(name, _)| *name == ev.0);
+            let (name, command) = match known {
+                Some((name, command)) => (std::borrow::Cow::Borrowed(*name), Some(*command)),
+                None => (std::borrow::Cow::Owned(ev.0), None),
+            };
+            handle(s, ctx, ack, inbound, admitted, name, command)
         },
     );
     s.on_disconnect(|s: SocketRef, State(ctx): State<Arc<Ctx>>, reason: DisconnectReason| {
@@ -480,16 +489,6 @@ fn token(s: &SocketRef, auth: Option<&Value>) -> Option<String> {
         .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
-}
-
-fn on_event(s: &SocketRef, name: &'static str, command: Command) {
-    s.on(
-        name,
-        move |s: SocketRef, State(ctx): State<Arc<Ctx>>, ack: AckSender, inbound: Inbound| {
-            let admitted = admit(&s);
-            handle(s, ctx, ack, inbound, admitted, name.into(), Some(command))
-        },
-    );
 }
 
 /// An event admitted in arrival order: its connection, its place in line, and whether the

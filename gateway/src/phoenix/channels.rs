@@ -1,0 +1,203 @@
+//! A socket's channels: which topics it joined under which `join_ref`, and where each client
+//! frame goes. Pure state, so the protocol rules are tested without a network.
+
+use super::codec::{Frame, PHOENIX_TOPIC};
+use shared::{ConversationId, UserId};
+use std::collections::HashMap;
+
+/// Phoenix's limit of channels per socket.
+pub const MAX_CHANNELS: usize = 100;
+
+/// A topic this gateway serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicKind {
+    /// `user:{id}`.
+    User(UserId),
+    /// `conversation:{id}`.
+    Conversation(ConversationId),
+}
+
+impl TopicKind {
+    /// Reads a topic name; `None` for topics this gateway does not serve.
+    pub fn parse(topic: &str) -> Option<Self> {
+        let (kind, id) = topic.split_once(':')?;
+        if id.is_empty() {
+            return None;
+        }
+        match kind {
+            "user" => Some(Self::User(id.into())),
+            "conversation" => Some(Self::Conversation(id.into())),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with one client frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `heartbeat` on `phoenix`: acknowledge at once.
+    Heartbeat,
+    /// `phx_join` of a served topic; `replaces` is the join_ref of an earlier join of the same
+    /// topic on this socket, which gets `phx_close`.
+    Join {
+        /// The topic.
+        kind: TopicKind,
+        /// The earlier join's ref, when the topic was joined already.
+        replaces: Option<String>,
+    },
+    /// `phx_join` beyond [`MAX_CHANNELS`].
+    TooManyChannels,
+    /// `phx_leave`: reply ok, whether joined or not.
+    Leave(Option<TopicKind>),
+    /// An application event on a joined topic.
+    Push(TopicKind),
+    /// A topic this socket has not joined (or that does not exist): `unmatched topic`.
+    Unmatched,
+    /// A frame of an earlier join of the topic: dropped, as Phoenix does.
+    Stale,
+}
+
+/// The joined topics of one socket.
+#[derive(Debug, Default)]
+pub struct Channels {
+    joined: HashMap<String, String>,
+}
+
+impl Channels {
+    /// Where `frame` goes, given what is joined now.
+    pub fn route(&self, frame: &Frame) -> Route {
+        if frame.topic == PHOENIX_TOPIC {
+            return if frame.event == "heartbeat" {
+                Route::Heartbeat
+            } else {
+                Route::Unmatched
+            };
+        }
+        let current = self.joined.get(&frame.topic);
+        match frame.event.as_str() {
+            "phx_join" => match TopicKind::parse(&frame.topic) {
+                None => Route::Unmatched,
+                Some(_) if current.is_none() && self.joined.len() >= MAX_CHANNELS => Route::TooManyChannels,
+                Some(kind) => Route::Join {
+                    kind,
+                    replaces: current.cloned(),
+                },
+            },
+            "phx_leave" => Route::Leave(current.and_then(|_| TopicKind::parse(&frame.topic))),
+            _ => match (current, &frame.join_ref) {
+                (None, _) => Route::Unmatched,
+                (Some(joined), Some(sent)) if joined != sent => Route::Stale,
+                (Some(_), _) => TopicKind::parse(&frame.topic).map_or(Route::Unmatched, Route::Push),
+            },
+        }
+    }
+
+    /// Records a successful join.
+    pub fn joined(&mut self, topic: &str, join_ref: &str) {
+        self.joined.insert(topic.to_owned(), join_ref.to_owned());
+    }
+
+    /// Forgets a topic; returns its join_ref when it was joined.
+    pub fn left(&mut self, topic: &str) -> Option<String> {
+        self.joined.remove(topic)
+    }
+
+    /// The join_ref of a joined topic.
+    pub fn join_ref(&self, topic: &str) -> Option<&str> {
+        self.joined.get(topic).map(String::as_str)
+    }
+
+    /// Every joined topic.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.joined.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phoenix::codec::decode;
+
+    fn route(ch: &Channels, text: &str) -> Route {
+        match decode(text) {
+            Ok(frame) => ch.route(&frame),
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn join_push_leave_and_stale_frames() {
+        let mut ch = Channels::default();
+        assert_eq!(route(&ch, r#"[null,"1","phoenix","heartbeat",{}]"#), Route::Heartbeat);
+        // Not joined yet: pushes are unmatched.
+        assert_eq!(
+            route(&ch, r#"["3","4","conversation:42","send_message",{}]"#),
+            Route::Unmatched
+        );
+        assert_eq!(
+            route(&ch, r#"["3","3","conversation:42","phx_join",{}]"#),
+            Route::Join {
+                kind: TopicKind::Conversation("42".into()),
+                replaces: None
+            }
+        );
+        ch.joined("conversation:42", "3");
+        assert_eq!(
+            route(&ch, r#"["3","5","conversation:42","send_message",{}]"#),
+            Route::Push(TopicKind::Conversation("42".into()))
+        );
+        // A frame of an earlier join is dropped.
+        assert_eq!(
+            route(&ch, r#"["1","6","conversation:42","send_message",{}]"#),
+            Route::Stale
+        );
+        // Joining again replaces the earlier join.
+        assert_eq!(
+            route(&ch, r#"["7","7","conversation:42","phx_join",{}]"#),
+            Route::Join {
+                kind: TopicKind::Conversation("42".into()),
+                replaces: Some("3".into())
+            }
+        );
+        assert_eq!(
+            route(&ch, r#"["3","8","conversation:42","phx_leave",{}]"#),
+            Route::Leave(Some(TopicKind::Conversation("42".into())))
+        );
+        assert_eq!(ch.left("conversation:42").as_deref(), Some("3"));
+        // Leaving what is not joined still gets its ok.
+        assert_eq!(
+            route(&ch, r#"["3","9","conversation:42","phx_leave",{}]"#),
+            Route::Leave(None)
+        );
+    }
+
+    #[test]
+    fn unknown_topics_and_events_on_phoenix_are_unmatched() {
+        let ch = Channels::default();
+        for text in [
+            r#"["1","1","room:lobby","phx_join",{}]"#,
+            r#"["1","1","user:","phx_join",{}]"#,
+            r#"["1","1","conversation","phx_join",{}]"#,
+            r#"[null,"2","phoenix","phx_join",{}]"#,
+        ] {
+            assert_eq!(route(&ch, text), Route::Unmatched, "{text}");
+        }
+    }
+
+    #[test]
+    fn at_most_a_hundred_channels() {
+        let mut ch = Channels::default();
+        for n in 0..MAX_CHANNELS {
+            ch.joined(&format!("conversation:{n}"), &n.to_string());
+        }
+        assert_eq!(
+            route(&ch, r#"["x","x","conversation:new","phx_join",{}]"#),
+            Route::TooManyChannels
+        );
+        // Re-joining one already joined is still allowed.
+        assert!(matches!(
+            route(&ch, r#"["x","x","conversation:5","phx_join",{}]"#),
+            Route::Join { replaces: Some(_), .. }
+        ));
+    }
+}

@@ -1,0 +1,471 @@
+//! The Phoenix Channels adapter (V2 JSON serializer over WebSocket, PHOENIX.md): authenticates
+//! sockets at `/socket/websocket`, turns channel frames into domain commands and replies, and
+//! renders the domain events this node receives for the channels each socket joined.
+//!
+//! Each socket runs three tasks: a reader that answers heartbeats at once and queues the
+//! other frames, a worker that runs those frames one after the other (so a `typing_stop` never
+//! overtakes its `typing_start`, and a slow database never delays a heartbeat), and a writer
+//! that drains the socket's bounded outbound queue.
+
+mod channels;
+pub mod codec;
+mod render;
+mod worker;
+
+use crate::auth::{Identity, JwtSettings};
+use crate::bus::LocalSink;
+use crate::config::{Config, RateLimit};
+use crate::domain::{Domain, RateLimiter};
+use crate::metrics::METRICS;
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use render::{Channel, Rendered};
+use shared::{ConnId, Delivery, NodeId, Topic, UserId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// How many batches a drain closes sockets in.
+const DRAIN_BATCHES: usize = 10;
+
+/// Frames a socket may have waiting for its worker; more makes the reader wait.
+const INBOX: usize = 64;
+
+/// Close codes that make every phoenix.js version reconnect (1000 strands 1.7–1.8.15).
+const GOING_AWAY: u16 = 1001;
+const SERVICE_RESTART: u16 = 1012;
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// Settings every socket shares.
+struct Settings {
+    jwt: JwtSettings,
+    rate: RateLimit,
+    node_id: NodeId,
+    max_payload: usize,
+    outbound_queue: usize,
+    idle_timeout: Duration,
+}
+
+/// What the bus side knows of one local socket.
+struct SocketHandle {
+    id: u64,
+    user: UserId,
+    out: mpsc::Sender<Utf8Bytes>,
+    inbox: mpsc::Sender<worker::Input>,
+    /// Closes the socket; the close code is in `close_code`.
+    kill: CancellationToken,
+    close_code: AtomicU16,
+}
+
+impl SocketHandle {
+    /// Queues a frame; a socket whose queue is full is a slow consumer and is closed.
+    fn send(&self, frame: Utf8Bytes) {
+        match self.out.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                METRICS.outbound_dropped.inc();
+                if !self.kill.is_cancelled() {
+                    tracing::info!(socket = self.id, "closing a slow consumer");
+                    METRICS.disconnects.with_label_values(&["slow_consumer"]).inc();
+                    self.close(TRY_AGAIN_LATER);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn close(&self, code: u16) {
+        let _ = self
+            .close_code
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+        self.kill.cancel();
+    }
+}
+
+/// Local sockets, by joined topic and by user, for delivery.
+#[derive(Default)]
+struct Registry {
+    /// `conversation:{id}` / `user:{id}` → sockets joined to it.
+    topics: RwLock<HashMap<String, HashMap<u64, Arc<SocketHandle>>>>,
+    /// Every socket of a user, joined or not (for closing and removal).
+    users: RwLock<HashMap<UserId, HashMap<u64, Arc<SocketHandle>>>>,
+}
+
+impl Registry {
+    fn add_socket(&self, s: &Arc<SocketHandle>) {
+        let mut users = self.users.write().unwrap_or_else(PoisonError::into_inner);
+        users.entry(s.user.clone()).or_default().insert(s.id, s.clone());
+    }
+
+    fn remove_socket(&self, s: &SocketHandle, topics: impl Iterator<Item = String>) {
+        for topic in topics {
+            self.unjoin(&topic, s.id);
+        }
+        let mut users = self.users.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sockets) = users.get_mut(&s.user) {
+            sockets.remove(&s.id);
+            if sockets.is_empty() {
+                users.remove(&s.user);
+            }
+        }
+    }
+
+    fn join(&self, topic: &str, s: &Arc<SocketHandle>) {
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        topics.entry(topic.to_owned()).or_default().insert(s.id, s.clone());
+    }
+
+    fn unjoin(&self, topic: &str, id: u64) {
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sockets) = topics.get_mut(topic) {
+            sockets.remove(&id);
+            if sockets.is_empty() {
+                topics.remove(topic);
+            }
+        }
+    }
+
+    fn joined(&self, topic: &str, id: u64) -> bool {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .is_some_and(|s| s.contains_key(&id))
+    }
+
+    fn on_topic(&self, topic: &str) -> Vec<Arc<SocketHandle>> {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn of_user(&self, user: &UserId) -> Vec<Arc<SocketHandle>> {
+        self.users
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn all(&self) -> Vec<Arc<SocketHandle>> {
+        self.users
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .flat_map(|s| s.values().cloned())
+            .collect()
+    }
+}
+
+fn user_topic(user: &UserId) -> String {
+    format!("user:{user}")
+}
+
+fn conversation_topic(conversation: &shared::ConversationId) -> String {
+    format!("conversation:{conversation}")
+}
+
+/// The Phoenix side of a node: its route, and the sink the bus delivers to.
+pub struct PhoenixAdapter {
+    domain: Arc<Domain>,
+    settings: Settings,
+    registry: Registry,
+    next_id: AtomicU64,
+}
+
+impl PhoenixAdapter {
+    /// Builds the adapter from the node's configuration.
+    pub fn build(config: &Config, domain: Arc<Domain>) -> Result<Arc<Self>, String> {
+        let jwt = config.auth.jwt.clone().ok_or("no JWT settings")?;
+        Ok(Arc::new(Self {
+            domain,
+            settings: Settings {
+                jwt,
+                rate: config.socketio.rate_limit,
+                node_id: config.node_id.clone(),
+                max_payload: usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX),
+                outbound_queue: config.socketio.max_outbound_queue.max(1),
+                idle_timeout: config.phoenix_idle_timeout,
+            },
+            registry: Registry::default(),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// The `/socket/websocket` route.
+    pub fn routes(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/socket/websocket", get(upgrade))
+            .with_state(self.clone())
+    }
+
+    /// Closes every socket with 1012 (service restart), in batches spread over `window`, so
+    /// that clients reconnect elsewhere by themselves and not all at once.
+    pub async fn drain(&self, window: Duration) {
+        let sockets = self.registry.all();
+        let per_batch = sockets.len().div_ceil(DRAIN_BATCHES).max(1);
+        let pause = window / DRAIN_BATCHES as u32;
+        tracing::info!(sockets = sockets.len(), per_batch, "closing Phoenix sockets");
+        for batch in sockets.chunks(per_batch) {
+            for socket in batch {
+                socket.close(SERVICE_RESTART);
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+#[async_trait]
+impl LocalSink for PhoenixAdapter {
+    async fn deliver(&self, delivery: Arc<Delivery>) {
+        let direct_on = match &delivery.topic {
+            Topic::Conversation(c) => Channel::Conversation(c.clone()),
+            _ => Channel::OwnUser,
+        };
+        let Some(rendered) = render::render(&delivery.event, direct_on) else {
+            return;
+        };
+        let audience = match &delivery.topic {
+            Topic::Conversation(c) => self.registry.on_topic(&conversation_topic(c)),
+            Topic::User(u) => self.registry.of_user(u),
+            Topic::All => self.registry.all(),
+        };
+        let audience = audience
+            .into_iter()
+            .filter(|s| delivery.except_user.as_ref() != Some(&s.user));
+        match rendered {
+            Rendered::Close => audience.for_each(|s| s.close(GOING_AWAY)),
+            Rendered::Remove(conversation) => {
+                for s in audience {
+                    if s.inbox.try_send(worker::Input::Removed(conversation.clone())).is_err() {
+                        // A full inbox must not keep a removed member in: close the socket.
+                        s.close(GOING_AWAY);
+                    }
+                }
+            }
+            Rendered::Push {
+                channel,
+                event,
+                payload,
+            } => {
+                // Encoded once per topic: a conversation's frame is the same for every socket.
+                let mut frames: HashMap<String, Option<Utf8Bytes>> = HashMap::new();
+                for s in audience {
+                    let topic = match &channel {
+                        Channel::Conversation(c) => Some(conversation_topic(c)),
+                        Channel::OwnUser => Some(user_topic(&s.user)),
+                        Channel::ConversationOrUser(c) => [conversation_topic(c), user_topic(&s.user)]
+                            .into_iter()
+                            .find(|t| self.registry.joined(t, s.id)),
+                    };
+                    let Some(topic) = topic.filter(|t| self.registry.joined(t, s.id)) else {
+                        continue;
+                    };
+                    let frame = frames
+                        .entry(topic)
+                        .or_insert_with_key(|topic| {
+                            codec::encode(None, None, topic, &event, &payload)
+                                .inspect_err(|e| tracing::warn!(error = %e, "frame not encoded"))
+                                .ok()
+                                .map(Utf8Bytes::from)
+                        })
+                        .clone();
+                    if let Some(frame) = frame {
+                        s.send(frame);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The token from `?token=` or the 1.8.x `authToken` subprotocol
+/// (`base64url.bearer.phx.<standard base64 without padding>`).
+fn token(params: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+    if let Some(t) = params.get("token").filter(|t| !t.is_empty()) {
+        return Some(t.clone());
+    }
+    let encoded = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("base64url.bearer.phx."))?;
+    let engines = [
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    engines
+        .iter()
+        .find_map(|e| e.decode(encoded.trim_end_matches('=')).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// Phoenix refuses a socket one way only: HTTP 403 with an empty body, before the upgrade.
+fn forbidden(why: &str) -> Response {
+    tracing::debug!(why, "Phoenix socket refused");
+    StatusCode::FORBIDDEN.into_response()
+}
+
+async fn upgrade(
+    State(adapter): State<Arc<PhoenixAdapter>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // Only the V2 serializer is spoken; Phoenix treats a missing vsn as V1.
+    if !params.get("vsn").is_some_and(|v| v.starts_with("2.")) {
+        return forbidden("vsn is not 2.x");
+    }
+    let Some(token) = token(&params, &headers) else {
+        return forbidden("no token");
+    };
+    let who = match adapter.settings.jwt.verify(&token) {
+        Ok(who) => who,
+        Err(e) => return forbidden(&e.to_string()),
+    };
+    ws.protocols(["phoenix"])
+        .max_message_size(adapter.settings.max_payload)
+        .max_frame_size(adapter.settings.max_payload)
+        .on_upgrade(move |socket| run(adapter, socket, who))
+}
+
+/// One socket, from upgrade to close.
+async fn run(adapter: Arc<PhoenixAdapter>, socket: WebSocket, who: Identity) {
+    let id = adapter.next_id.fetch_add(1, Ordering::Relaxed);
+    let conn = ConnId(format!("{}:phx:{id}", adapter.settings.node_id));
+    let span = tracing::info_span!("phx_socket", conn = %conn, user = %who.user_id);
+    async move {
+        let (mut sink, stream) = socket.split();
+        if let Err(e) = adapter.domain.connect(&conn, &who).await {
+            tracing::warn!(error = %e, "socket not registered");
+            let close = CloseFrame {
+                code: TRY_AGAIN_LATER,
+                reason: Utf8Bytes::from_static("unavailable"),
+            };
+            let _ = sink.send(Message::Close(Some(close))).await;
+            return;
+        }
+        METRICS.phoenix_connections.inc();
+        let (out, outbox) = mpsc::channel(adapter.settings.outbound_queue);
+        let (inbox_tx, inbox) = mpsc::channel(INBOX);
+        let handle = Arc::new(SocketHandle {
+            id,
+            user: who.user_id.clone(),
+            out,
+            inbox: inbox_tx,
+            kill: CancellationToken::new(),
+            close_code: AtomicU16::new(0),
+        });
+        adapter.registry.add_socket(&handle);
+        let writer = tokio::spawn(write(sink, outbox, handle.clone()).in_current_span());
+        let worker = worker::Worker::new(adapter.clone(), handle.clone(), conn.clone(), who);
+        let worker = tokio::spawn(worker.run(inbox).in_current_span());
+        let reason = read(&adapter, stream, &handle).await;
+        METRICS.disconnects.with_label_values(&[reason]).inc();
+        handle.kill.cancel();
+        let _ = worker.await;
+        let _ = writer.await;
+        METRICS.phoenix_connections.dec();
+        tracing::debug!(reason, "socket closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Reads frames until the socket closes, goes idle or is killed; returns why it ended.
+async fn read(
+    adapter: &PhoenixAdapter,
+    mut stream: futures::stream::SplitStream<WebSocket>,
+    handle: &SocketHandle,
+) -> &'static str {
+    let rate = RateLimiter::new(adapter.settings.rate);
+    loop {
+        let next = tokio::select! {
+            () = handle.kill.cancelled() => return "server_close",
+            next = tokio::time::timeout(adapter.settings.idle_timeout, stream.next()) => next,
+        };
+        let text = match next {
+            Err(_) => return "idle_timeout",
+            Ok(None | Some(Err(_))) => return "transport_close",
+            Ok(Some(Ok(Message::Close(_)))) => return "client_close",
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                tracing::debug!("binary frame ignored: only the JSON serializer is spoken");
+                continue;
+            }
+            Ok(Some(Ok(_))) => continue,
+        };
+        let frame = match codec::decode(text.as_str()) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Without a readable ref there is nobody to reply to.
+                tracing::debug!(error = %e, "malformed frame ignored");
+                METRICS.inbound_errors.with_label_values(&["bad_request"]).inc();
+                continue;
+            }
+        };
+        if frame.topic == codec::PHOENIX_TOPIC && frame.event == "heartbeat" {
+            if let Ok(ack) = codec::reply(&frame, "ok", serde_json::json!({})) {
+                handle.send(ack.into());
+            }
+            continue;
+        }
+        let allowed = rate.allow();
+        let queued = tokio::select! {
+            () = handle.kill.cancelled() => return "server_close",
+            queued = handle.inbox.send(worker::Input::Frame(frame, allowed)) => queued,
+        };
+        if queued.is_err() {
+            return "server_close";
+        }
+    }
+}
+
+/// Writes queued frames until the socket is killed, then says goodbye with its close code.
+async fn write(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut outbox: mpsc::Receiver<Utf8Bytes>,
+    handle: Arc<SocketHandle>,
+) {
+    loop {
+        let frame = tokio::select! {
+            () = handle.kill.cancelled() => break,
+            frame = outbox.recv() => frame,
+        };
+        let Some(frame) = frame else { return };
+        // A client that stops reading must not hold the socket open: the kill interrupts.
+        let sent = tokio::select! {
+            () = handle.kill.cancelled() => break,
+            sent = sink.send(Message::Text(frame)) => sent,
+        };
+        if sent.is_err() {
+            handle.kill.cancel();
+            return;
+        }
+    }
+    let code = match handle.close_code.load(Ordering::Relaxed) {
+        0 => return,
+        code => code,
+    };
+    let close = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(""),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(close)))).await;
+}
