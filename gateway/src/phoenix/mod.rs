@@ -85,6 +85,7 @@ impl SocketHandle {
         }
     }
 
+    /// Closes the socket; with a code other than 0, the writer sends it in a close frame.
     fn close(&self, code: u16) {
         let _ = self
             .close_code
@@ -378,7 +379,8 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: WebSocket, who: Identity) {
         let worker = tokio::spawn(worker.run(inbox).in_current_span());
         let reason = read(&adapter, stream, &handle).await;
         METRICS.disconnects.with_label_values(&[reason]).inc();
-        handle.kill.cancel();
+        // An idle socket is told to come back (a heartbeat-less client may be merely slow).
+        handle.close(if reason == "idle_timeout" { GOING_AWAY } else { 0 });
         let _ = worker.await;
         let _ = writer.await;
         METRICS.phoenix_connections.dec();
