@@ -27,7 +27,7 @@ use axum::routing::get;
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use render::{Channel, Rendered};
-use shared::{ConnId, Delivery, NodeId, Topic, UserId};
+use shared::{ConnId, ConversationId, Delivery, Event, NodeId, Topic, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -101,6 +101,8 @@ struct Registry {
     topics: RwLock<HashMap<String, HashMap<u64, Arc<SocketHandle>>>>,
     /// Every socket of a user, joined or not (for closing and removal).
     users: RwLock<HashMap<UserId, HashMap<u64, Arc<SocketHandle>>>>,
+    /// Conversation → sockets whose `user:{id}` channel hears of its messages.
+    watchers: RwLock<HashMap<ConversationId, HashMap<u64, Arc<SocketHandle>>>>,
 }
 
 impl Registry {
@@ -135,6 +137,33 @@ impl Registry {
                 topics.remove(topic);
             }
         }
+    }
+
+    fn watch(&self, conversation: &ConversationId, s: &Arc<SocketHandle>) {
+        let mut watchers = self.watchers.write().unwrap_or_else(PoisonError::into_inner);
+        watchers
+            .entry(conversation.clone())
+            .or_default()
+            .insert(s.id, s.clone());
+    }
+
+    fn unwatch(&self, conversation: &ConversationId, id: u64) {
+        let mut watchers = self.watchers.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sockets) = watchers.get_mut(conversation) {
+            sockets.remove(&id);
+            if sockets.is_empty() {
+                watchers.remove(conversation);
+            }
+        }
+    }
+
+    fn watching(&self, conversation: &ConversationId) -> Vec<Arc<SocketHandle>> {
+        self.watchers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(conversation)
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn joined(&self, topic: &str, id: u64) -> bool {
@@ -177,7 +206,7 @@ fn user_topic(user: &UserId) -> String {
     format!("user:{user}")
 }
 
-fn conversation_topic(conversation: &shared::ConversationId) -> String {
+fn conversation_topic(conversation: &ConversationId) -> String {
     format!("conversation:{conversation}")
 }
 
@@ -238,6 +267,15 @@ impl LocalSink for PhoenixAdapter {
             Topic::Conversation(c) => Channel::Conversation(c.clone()),
             _ => Channel::OwnUser,
         };
+        if let (Topic::Conversation(c), Event::MessageCreated(m)) = (&delivery.topic, &delivery.event) {
+            // Their worker tells the `user:{id}` channels: it reads each user's unread count.
+            let message = Arc::new(m.clone());
+            for s in self.registry.watching(c) {
+                if s.inbox.try_send(worker::Input::Watched(message.clone())).is_err() {
+                    METRICS.outbound_dropped.inc();
+                }
+            }
+        }
         let Some(rendered) = render::render(&delivery.event, direct_on) else {
             return;
         };

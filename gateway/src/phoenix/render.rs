@@ -76,6 +76,17 @@ impl<'a> From<&'a Message> for PhxMessage<'a> {
     }
 }
 
+/// `conversation_updated` on `user:{id}`: a conversation of the user has a new message.
+#[derive(Serialize)]
+pub struct ConversationUpdated<'a> {
+    /// The conversation.
+    pub conversation_id: &'a ConversationId,
+    /// Its newest message.
+    pub last_message: PhxMessage<'a>,
+    /// The receiving user's unread messages in it.
+    pub unread_count: i64,
+}
+
 #[derive(Serialize)]
 struct TypingIndicator<'a> {
     user_id: &'a UserId,

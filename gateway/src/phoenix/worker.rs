@@ -4,8 +4,8 @@
 
 use super::channels::{Channels, Route, TopicKind};
 use super::codec::{self, Frame};
-use super::render::{self, PhxMessage};
-use super::{PhoenixAdapter, SocketHandle, conversation_topic};
+use super::render::{self, ConversationUpdated, PhxMessage};
+use super::{PhoenixAdapter, SocketHandle, conversation_topic, user_topic};
 use crate::auth::Identity;
 use crate::domain::DomainError;
 use crate::inbound;
@@ -13,7 +13,7 @@ use crate::metrics::METRICS;
 use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use shared::event::ReceiptStatus;
+use shared::event::{Message, ReceiptStatus};
 use shared::{ConnId, ConversationId, Status, UserId};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -27,6 +27,8 @@ pub enum Input {
     Frame(Frame, bool),
     /// The socket's user was removed from the conversation.
     Removed(ConversationId),
+    /// A message in a conversation the socket's `user:{id}` channel watches.
+    Watched(Arc<Message>),
 }
 
 /// Seed 004's payload keys and the names [`inbound`] reads.
@@ -83,6 +85,8 @@ pub struct Worker {
     conn: ConnId,
     who: Identity,
     channels: Channels,
+    /// Conversations whose messages the `user:{id}` channel hears of, while it is joined.
+    watched: Vec<ConversationId>,
 }
 
 impl Worker {
@@ -93,6 +97,7 @@ impl Worker {
             conn,
             who,
             channels: Channels::default(),
+            watched: Vec::new(),
         }
     }
 
@@ -106,9 +111,11 @@ impl Worker {
             match input {
                 Some(Input::Frame(frame, allowed)) => self.frame(frame, allowed).await,
                 Some(Input::Removed(conversation)) => self.removed(conversation).await,
+                Some(Input::Watched(message)) => self.watched(&message).await,
                 None => break,
             }
         }
+        self.unwatch_all().await;
         let topics: Vec<String> = self.channels.topics().map(str::to_owned).collect();
         self.adapter.registry.remove_socket(&self.handle, topics.into_iter());
         self.adapter.domain.disconnect(&self.conn).await;
@@ -216,7 +223,13 @@ impl Worker {
             ));
         }
         let response = match &kind {
-            TopicKind::User(user) if *user == self.who.user_id => serde_json::json!({}),
+            TopicKind::User(user) if *user == self.who.user_id => {
+                self.watched = self.adapter.domain.watch(&self.who).await?;
+                for conversation in &self.watched {
+                    self.adapter.registry.watch(conversation, &self.handle);
+                }
+                serde_json::json!({})
+            }
             TopicKind::User(_) => return Err(DomainError::Forbidden("only that user may join".into())),
             TopicKind::Conversation(conversation) => {
                 let last_seq = inbound::last_seq(&translate(payload, None))?;
@@ -275,15 +288,66 @@ impl Worker {
     async fn leave(&mut self, topic: &str, kind: &TopicKind) {
         self.channels.left(topic);
         self.adapter.registry.unjoin(topic, self.handle.id);
-        if let TopicKind::Conversation(conversation) = kind
-            && let Err(e) = self.adapter.domain.leave(&self.conn, &self.who, conversation).await
-        {
-            tracing::warn!(error = %e, "leave not recorded in presence");
+        match kind {
+            TopicKind::User(_) => self.unwatch_all().await,
+            TopicKind::Conversation(conversation) => {
+                if let Err(e) = self.adapter.domain.leave(&self.conn, &self.who, conversation).await {
+                    tracing::warn!(error = %e, "leave not recorded in presence");
+                }
+            }
         }
+    }
+
+    async fn unwatch_all(&mut self) {
+        let watched = std::mem::take(&mut self.watched);
+        for conversation in &watched {
+            self.adapter.registry.unwatch(conversation, self.handle.id);
+        }
+        self.adapter.domain.unwatch(&watched).await;
+    }
+
+    /// A message in a watched conversation: `conversation_updated` with the user's unread
+    /// count, and `new_message` too when the socket has not joined that conversation's topic.
+    async fn watched(&self, message: &Message) {
+        let own = user_topic(&self.who.user_id);
+        if self.channels.join_ref(&own).is_none() {
+            return;
+        }
+        if self
+            .channels
+            .join_ref(&conversation_topic(&message.conversation_id))
+            .is_none()
+        {
+            self.send(codec::encode(
+                None,
+                None,
+                &own,
+                "new_message",
+                &PhxMessage::from(message),
+            ));
+        }
+        let unread_count = match self.adapter.domain.unread(&self.who, &message.conversation_id).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "conversation_updated not sent");
+                return;
+            }
+        };
+        let update = ConversationUpdated {
+            conversation_id: &message.conversation_id,
+            last_message: PhxMessage::from(message),
+            unread_count,
+        };
+        self.send(codec::encode(None, None, &own, "conversation_updated", &update));
     }
 
     /// A removed member's channel is closed: `phx_close`, which the client does not rejoin.
     async fn removed(&mut self, conversation: ConversationId) {
+        if let Some(n) = self.watched.iter().position(|c| *c == conversation) {
+            self.watched.swap_remove(n);
+            self.adapter.registry.unwatch(&conversation, self.handle.id);
+            self.adapter.domain.unwatch(std::slice::from_ref(&conversation)).await;
+        }
         let topic = conversation_topic(&conversation);
         let Some(join_ref) = self.channels.join_ref(&topic).map(str::to_owned) else {
             return;

@@ -770,3 +770,53 @@ test('SIGTERM drain: Phoenix sockets are closed with 1012 (service restart), the
   const exit = await Promise.race([exited, sleep(30_000).then(() => null)]);
   assert.deepEqual(exit, { code: 0, signal: null }, 'the drained node exits 0 within 30 s');
 });
+
+test('user:{id}: new_message for conversations whose topic the socket has not joined, conversation_updated with the unread count for all of them', async (t) => {
+  const [a, b] = await cluster(t, {
+    conversations: [
+      { id: 'w-one', members: ['alice', 'bob'] },
+      { id: 'w-two', members: ['alice', 'bob'] },
+      { id: 'w-not-hers', members: ['bob'] },
+    ],
+  });
+  const alice = await connect(t, a, 'alice');
+  const own = await joined(alice, 'user:alice');
+  const two = await joined(alice, 'conversation:w-two');
+  const bob = await sio(t, b, 'bob');
+
+  // w-one is not joined: the message comes on user:alice, with conversation_updated.
+  const sent = await emitAck(bob, 'message:send', { conversationId: 'w-one', content: 'first', tempId: 'w1' });
+  assert.equal(sent.success, true, safeJson(sent));
+  const m = await next(own, 'new_message');
+  assertPhxMessage(m, { id: sent.message.id, conversation_id: 'w-one', sender_id: 'bob', content: 'first' });
+  const updated = await next(own, 'conversation_updated', 4_000, (p) => p.conversation_id === 'w-one');
+  assert.equal(updated.unread_count, 1, safeJson(updated));
+  assertPhxMessage(updated.last_message, { id: sent.message.id });
+
+  // w-two is joined: new_message on its own topic only; the user channel still gets the update.
+  const second = await emitAck(bob, 'message:send', { conversationId: 'w-two', content: 'second', tempId: 'w2' });
+  assert.equal(second.success, true, safeJson(second));
+  assert.equal((await next(two, 'new_message')).id, second.message.id);
+  const updatedTwo = await next(own, 'conversation_updated', 4_000, (p) => p.conversation_id === 'w-two');
+  assert.equal(updatedTwo.unread_count, 1, safeJson(updatedTwo));
+  await none(own, 'new_message', 500, (p) => p.conversation_id === 'w-two');
+
+  // Reading clears the count the next update carries; a conversation she is not in says nothing.
+  await pushOk(own, 'mark_all_read', { conversation_ids: ['w-one'] });
+  const third = await emitAck(bob, 'message:send', { conversationId: 'w-one', content: 'third', tempId: 'w3' });
+  assert.equal(third.success, true, safeJson(third));
+  const updatedAgain = await next(own, 'conversation_updated', 4_000, (p) => p.last_message?.id === third.message.id);
+  assert.equal(updatedAgain.unread_count, 1, safeJson(updatedAgain));
+  const hidden = await emitAck(bob, 'message:send', { conversationId: 'w-not-hers', content: 'x', tempId: 'w4' });
+  assert.equal(hidden.success, true, safeJson(hidden));
+  await none(own, 'new_message', 500, (p) => p.conversation_id === 'w-not-hers');
+  await none(own, 'conversation_updated', 100, (p) => p.conversation_id === 'w-not-hers');
+
+  // Removed from w-one: nothing more of it on the user channel.
+  const removed = await http('DELETE', `${b.url}/api/conversations/w-one/members/alice`, undefined, api);
+  assert.ok(removed.status < 300, removed.text);
+  await sleep(300);
+  const after = await emitAck(bob, 'message:send', { conversationId: 'w-one', content: 'gone', tempId: 'w5' });
+  assert.equal(after.success, true, safeJson(after));
+  await none(own, 'new_message', 600, (p) => p.conversation_id === 'w-one' && p.content === 'gone');
+});
