@@ -2,7 +2,7 @@
 //! and a decoded frame must encode back to an array the decoder reads the same way.
 #![no_main]
 
-use gateway::phoenix::codec::{decode, encode};
+use shared::phoenix::{decode, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,10 +4,12 @@
 //! - [`error`]: the error codes every protocol reports (PROTOCOL.md 2.2).
 //! - [`presence`]: user statuses.
 //! - [`event`]: domain events as they travel on the bus, with their payloads.
+//! - [`phoenix`]: the Phoenix Channels V2 JSON frame (fuzzed by `fuzz/`).
 
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod phoenix;
 pub mod presence;
 
 pub use error::ErrorCode;

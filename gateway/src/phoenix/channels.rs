@@ -1,7 +1,7 @@
 //! A socket's channels: which topics it joined under which `join_ref`, and where each client
 //! frame goes. Pure state, so the protocol rules are tested without a network.
 
-use super::codec::{Frame, PHOENIX_TOPIC};
+use shared::phoenix::{Frame, PHOENIX_TOPIC};
 use shared::{ConversationId, UserId};
 use std::collections::HashMap;
 
@@ -116,7 +116,7 @@ impl Channels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phoenix::codec::decode;
+    use shared::phoenix::decode;
 
     fn route(ch: &Channels, text: &str) -> Route {
         match decode(text) {

@@ -8,7 +8,6 @@
 //! that drains the socket's bounded outbound queue.
 
 mod channels;
-pub mod codec;
 mod render;
 mod worker;
 
@@ -27,6 +26,7 @@ use axum::routing::get;
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use render::{Channel, Rendered};
+use shared::phoenix as codec;
 use shared::{ConnId, ConversationId, Delivery, Event, NodeId, Topic, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};

@@ -3,7 +3,6 @@
 //! adapter uses, after renaming seed 004's snake_case keys.
 
 use super::channels::{Channels, Route, TopicKind};
-use super::codec::{self, Frame};
 use super::render::{self, ConversationUpdated, PhxMessage};
 use super::{PhoenixAdapter, SocketHandle, conversation_topic, user_topic};
 use crate::auth::Identity;
@@ -14,6 +13,7 @@ use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use shared::event::{Message, ReceiptStatus};
+use shared::phoenix::{self as codec, Frame};
 use shared::{ConnId, ConversationId, Status, UserId};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
