@@ -302,7 +302,20 @@ impl LocalSink for PhoenixAdapter {
                 event,
                 payload,
             } => {
-                // Encoded once per topic: a conversation's frame is the same for every socket.
+                let encode = |topic: &str| {
+                    codec::encode(None, None, topic, &event, &payload)
+                        .inspect_err(|e| tracing::warn!(error = %e, "frame not encoded"))
+                        .ok()
+                        .map(Utf8Bytes::from)
+                };
+                if let (Channel::Conversation(c), Topic::Conversation(_)) = (&channel, &delivery.topic) {
+                    // The hot path: the audience is the topic's sockets, one frame serves them all.
+                    if let Some(frame) = encode(&conversation_topic(c)) {
+                        audience.for_each(|s| s.send(frame.clone()));
+                    }
+                    return;
+                }
+                // Otherwise encoded once per topic (each user's own channel differs).
                 let mut frames: HashMap<String, Option<Utf8Bytes>> = HashMap::new();
                 for s in audience {
                     let topic = match &channel {
@@ -315,15 +328,7 @@ impl LocalSink for PhoenixAdapter {
                     let Some(topic) = topic.filter(|t| self.registry.joined(t, s.id)) else {
                         continue;
                     };
-                    let frame = frames
-                        .entry(topic)
-                        .or_insert_with_key(|topic| {
-                            codec::encode(None, None, topic, &event, &payload)
-                                .inspect_err(|e| tracing::warn!(error = %e, "frame not encoded"))
-                                .ok()
-                                .map(Utf8Bytes::from)
-                        })
-                        .clone();
+                    let frame = frames.entry(topic).or_insert_with_key(|topic| encode(topic)).clone();
                     if let Some(frame) = frame {
                         s.send(frame);
                     }
