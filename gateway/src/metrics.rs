@@ -30,6 +30,8 @@ pub struct Metrics {
     pub bus_resubscribes: IntCounter,
     /// Connections of dead nodes removed by this node's reaper.
     pub presence_reaped: IntCounter,
+    /// Membership checks answered from the node's recent answers, without the database.
+    pub membership_cache_hits: IntCounter,
 }
 
 /// The metrics, registered on first use.
@@ -93,6 +95,11 @@ impl Metrics {
                 &registry,
                 "presence_reaped_total",
                 "Connections of dead nodes reaped by this node",
+            ),
+            membership_cache_hits: counter(
+                &registry,
+                "membership_cache_hits_total",
+                "Membership checks answered without the database",
             ),
             registry,
         }

@@ -9,7 +9,7 @@ mod messages;
 mod rate;
 mod typing;
 
-pub use access::Access;
+pub use access::{Access, Memberships};
 pub use error::DomainError;
 pub use messages::{HistoryRequest, SendRequest, Sent};
 pub use rate::RateLimiter;
@@ -125,6 +125,12 @@ impl Domain {
             ));
         }
         domain
+    }
+
+    /// The node's remembered membership answers: a local sink to register before the
+    /// protocol adapters, so a `MemberRemoved` heard on the bus clears them.
+    pub fn memberships(&self) -> Arc<Memberships> {
+        self.access.memberships()
     }
 
     /// Leaves the cluster politely once this node's connections are closed: its remaining
