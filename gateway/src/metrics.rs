@@ -30,6 +30,12 @@ pub struct Metrics {
     pub bus_resubscribes: IntCounter,
     /// Connections of dead nodes removed by this node's reaper.
     pub presence_reaped: IntCounter,
+    /// Batches of message appends stored by the SQL store (one statement or transaction each).
+    pub append_batches: IntCounter,
+    /// Message appends those batches carried (divided by the batches: the mean batch size).
+    pub appends_batched: IntCounter,
+    /// Membership checks answered from the node's recent answers, without the database.
+    pub membership_cache_hits: IntCounter,
 }
 
 /// The metrics, registered on first use.
@@ -93,6 +99,21 @@ impl Metrics {
                 &registry,
                 "presence_reaped_total",
                 "Connections of dead nodes reaped by this node",
+            ),
+            append_batches: counter(
+                &registry,
+                "store_append_batches_total",
+                "Batches of message appends stored by the SQL store",
+            ),
+            appends_batched: counter(
+                &registry,
+                "store_appends_batched_total",
+                "Message appends carried by the SQL store's batches",
+            ),
+            membership_cache_hits: counter(
+                &registry,
+                "membership_cache_hits_total",
+                "Membership checks answered without the database",
             ),
             registry,
         }

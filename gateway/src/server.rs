@@ -113,6 +113,7 @@ impl Node {
             max_message_bytes: config.max_message_bytes,
         };
         let domain = Arc::new(Domain::new(backends, rules, tasks.clone(), shutdown.clone()));
+        fanout.register(domain.memberships());
         let (sio_layer, socketio) = SocketIoAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
         fanout.register(socketio.clone());
         let phoenix = PhoenixAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;

@@ -114,6 +114,9 @@ impl Domain {
     /// on every node.
     pub async fn remove_member(&self, id: &ConversationId, user: &UserId) -> Result<(), DomainError> {
         self.conversations.remove_member(id, user).await?;
+        // Before the event: its own delivery to this node may come later than this caller's
+        // next request.
+        self.access.memberships().forget(id, user);
         if self.access.mode() == AccessMode::Members {
             let event = Event::MemberRemoved(Membership {
                 conversation_id: id.clone(),

@@ -2,10 +2,13 @@
 
 use super::{Domain, DomainError};
 use crate::auth::Identity;
-use crate::store::{Appended, HistoryPage, HistoryQuery, NewMessage};
+use crate::store::{Appended, HistoryPage, HistoryQuery, NewMessage, StoreError};
 use chrono::Utc;
 use shared::event::{Message, MessageStatus, Reaction, ReceiptStatus};
-use shared::{ConversationId, Delivery, Event, Topic};
+use shared::{ConversationId, Delivery, Event, Topic, UserId};
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Message types a client may send.
 pub const MESSAGE_TYPES: &[&str] = &["text", "image", "file", "audio", "video", "system"];
@@ -61,6 +64,50 @@ pub struct Sent {
     pub created: bool,
 }
 
+/// How long a send answered `unavailable` stays in doubt.
+const IN_DOUBT_FOR: Duration = Duration::from_secs(600);
+/// Most sends in doubt remembered; past it, the expired go, then the older half.
+const IN_DOUBT_MAX: usize = 10_000;
+
+/// A send's identity for retries: (conversation, sender, client ref).
+type SendKey = (ConversationId, UserId, String);
+
+/// Sends (with a client ref) whose store answered `unavailable`. Mostly nothing was stored, but
+/// a connection lost after the database committed and before it answered leaves the message
+/// stored and never fanned out; the retry then finds it stored (`Existing`) and, being in
+/// doubt, fans it out — once. A retry of a send that was acknowledged fans out nothing, as
+/// always. Node-local: a retry through another node finds nothing in doubt there.
+#[derive(Default)]
+pub(super) struct InDoubt {
+    sends: Mutex<HashMap<SendKey, Instant>>,
+}
+
+impl InDoubt {
+    fn note(&self, key: SendKey) {
+        let mut sends = self.sends.lock().unwrap_or_else(PoisonError::into_inner);
+        if sends.len() >= IN_DOUBT_MAX {
+            sends.retain(|_, at| at.elapsed() < IN_DOUBT_FOR);
+            if sends.len() >= IN_DOUBT_MAX {
+                let mut ages: Vec<Instant> = sends.values().copied().collect();
+                ages.sort_unstable();
+                if let Some(&middle) = ages.get(ages.len() / 2) {
+                    sends.retain(|_, at| *at > middle);
+                }
+            }
+        }
+        sends.insert(key, Instant::now());
+    }
+
+    /// Whether the send was in doubt (and no longer is).
+    fn settle(&self, key: &SendKey) -> bool {
+        self.sends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+            .is_some_and(|at| at.elapsed() < IN_DOUBT_FOR)
+    }
+}
+
 fn bad(msg: impl Into<String>) -> DomainError {
     DomainError::BadRequest(msg.into())
 }
@@ -110,6 +157,10 @@ impl Domain {
     pub async fn send(&self, who: &Identity, request: SendRequest) -> Result<Sent, DomainError> {
         self.validate(&request)?;
         self.access.check(Some(who), &request.conversation_id).await?;
+        let key: Option<SendKey> = request
+            .client_ref
+            .as_ref()
+            .map(|r| (request.conversation_id.clone(), who.user_id.clone(), r.clone()));
         let appended = self
             .messages
             .append(NewMessage {
@@ -121,15 +172,29 @@ impl Domain {
                 client_ref: request.client_ref,
                 metadata: request.metadata,
             })
-            .await?;
-        let message = match appended {
-            Appended::Existing(message) => {
-                return Ok(Sent {
-                    message,
-                    created: false,
-                });
+            .await;
+        let (message, created) = match (appended, key) {
+            (Err(e @ StoreError::Unavailable(_)), Some(key)) => {
+                self.in_doubt.note(key);
+                return Err(e.into());
             }
-            Appended::Created(message) => message,
+            (Err(e), _) => return Err(e.into()),
+            (Ok(Appended::Created(message)), key) => {
+                if let Some(key) = key {
+                    self.in_doubt.settle(&key);
+                }
+                (message, true)
+            }
+            (Ok(Appended::Existing(message)), key) => {
+                // Told before, unless the first attempt's answer was lost.
+                if !key.is_some_and(|k| self.in_doubt.settle(&k)) {
+                    return Ok(Sent {
+                        message,
+                        created: false,
+                    });
+                }
+                (message, false)
+            }
         };
         let topic = Topic::Conversation(message.conversation_id.clone());
         // Stored is what counts: a bus failure leaves the message to history and `lastSeq`.
@@ -140,7 +205,7 @@ impl Domain {
         {
             tracing::warn!(error = %e, "stored message not fanned out");
         }
-        Ok(Sent { message, created: true })
+        Ok(Sent { message, created })
     }
 
     /// A page of a conversation's history.

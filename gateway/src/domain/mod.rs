@@ -9,7 +9,7 @@ mod messages;
 mod rate;
 mod typing;
 
-pub use access::Access;
+pub use access::{Access, Memberships};
 pub use error::DomainError;
 pub use messages::{HistoryRequest, SendRequest, Sent};
 pub use rate::RateLimiter;
@@ -88,6 +88,7 @@ pub struct Domain {
     presence: Arc<dyn Presence>,
     conversations: Arc<dyn ConversationStore>,
     messages: Arc<dyn MessageStore>,
+    in_doubt: messages::InDoubt,
     typing: TypingTimers,
     rules: Rules,
     tasks: TaskTracker,
@@ -111,6 +112,7 @@ impl Domain {
             presence,
             conversations,
             messages,
+            in_doubt: messages::InDoubt::default(),
             typing,
             rules,
             tasks,
@@ -125,6 +127,12 @@ impl Domain {
             ));
         }
         domain
+    }
+
+    /// The node's remembered membership answers: a local sink to register before the
+    /// protocol adapters, so a `MemberRemoved` heard on the bus clears them.
+    pub fn memberships(&self) -> Arc<Memberships> {
+        self.access.memberships()
     }
 
     /// Leaves the cluster politely once this node's connections are closed: its remaining
@@ -611,7 +619,7 @@ mod tests {
     use crate::bus::tests::Recorder;
     use crate::config::AccessMode;
     use crate::presence::MemoryPresence;
-    use crate::store::SqlStore;
+    use crate::store::{SqlStore, StoreError};
     use tokio::sync::mpsc;
 
     fn who(user: &str) -> Identity {
@@ -669,6 +677,127 @@ mod tests {
         );
         tokio::time::sleep(grace * 2).await;
         assert!(rx.try_recv().is_err(), "offline announced twice");
+        Ok(())
+    }
+
+    /// A message store whose first append stores the message and then loses the answer, as a
+    /// connection cut between the commit and its reply does.
+    struct LosesFirstAnswer {
+        store: Arc<SqlStore>,
+        lost: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl MessageStore for LosesFirstAnswer {
+        async fn append(&self, message: crate::store::NewMessage) -> Result<crate::store::Appended, StoreError> {
+            let appended = self.store.append(message).await?;
+            if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("connection lost".into()));
+            }
+            Ok(appended)
+        }
+        async fn message(&self, id: &str) -> Result<Option<shared::event::Message>, StoreError> {
+            self.store.message(id).await
+        }
+        async fn history(&self, c: &ConversationId, q: HistoryQuery) -> Result<HistoryPage, StoreError> {
+            self.store.history(c, q).await
+        }
+        async fn record_receipt(
+            &self,
+            m: &shared::event::Message,
+            u: &UserId,
+            s: shared::event::ReceiptStatus,
+            at: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            self.store.record_receipt(m, u, s, at).await
+        }
+        async fn mark_all_read(&self, c: &ConversationId, u: &UserId) -> Result<(), StoreError> {
+            self.store.mark_all_read(c, u).await
+        }
+        async fn unread(&self, c: &ConversationId, u: &UserId) -> Result<i64, StoreError> {
+            self.store.unread(c, u).await
+        }
+        async fn react(&self, m: &shared::event::Message, u: &UserId, r: &str, add: bool) -> Result<bool, StoreError> {
+            self.store.react(m, u, r, add).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            MessageStore::ping(self.store.as_ref()).await
+        }
+    }
+
+    fn created_events(rx: &mut mpsc::UnboundedReceiver<Arc<Delivery>>) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            if let Event::MessageCreated(m) = &d.event {
+                seqs.push(m.seq);
+            }
+        }
+        seqs
+    }
+
+    /// A send whose answer was lost is fanned out by its retry, once; a retry of an
+    /// acknowledged send is fanned out by nobody. In members mode a removal takes effect at
+    /// once on the node, remembered memberships notwithstanding.
+    #[tokio::test]
+    async fn a_lost_answer_is_fanned_out_by_the_retry_and_a_removal_is_not_remembered_away() -> Result<(), DomainError>
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(Arc::new(Recorder(tx))));
+        bus.subscribe(&Topic::Conversation("c".into())).await?;
+        let store = Arc::new(SqlStore::connect("sqlite::memory:").await?);
+        store.migrate().await?;
+        let backends = Backends {
+            bus,
+            presence: Arc::new(MemoryPresence::new("n1".into())),
+            conversations: store.clone(),
+            messages: Arc::new(LosesFirstAnswer {
+                store,
+                lost: false.into(),
+            }),
+        };
+        let rules = Rules {
+            access: AccessMode::Members,
+            offline_grace: Duration::from_secs(1),
+            max_message_bytes: 8192,
+        };
+        let domain = Domain::new(backends, rules, TaskTracker::new(), CancellationToken::new());
+        domain
+            .create_conversation(Some("c".into()), None, vec!["alice".into(), "bob".into()])
+            .await?;
+        let send = |client_ref: &str| SendRequest {
+            conversation_id: "c".into(),
+            content: "hi".into(),
+            kind: None,
+            attachments: Vec::new(),
+            client_ref: Some(client_ref.into()),
+            metadata: None,
+        };
+        let alice = Identity {
+            user_id: "alice".into(),
+            admin: false,
+            conversations: None,
+        };
+        assert!(matches!(
+            domain.send(&alice, send("t1")).await,
+            Err(DomainError::Unavailable(_))
+        ));
+        assert_eq!(created_events(&mut rx), Vec::<i64>::new());
+        let retried = domain.send(&alice, send("t1")).await?;
+        assert_eq!((retried.message.seq, retried.created), (1, false));
+        assert_eq!(created_events(&mut rx), vec![1]);
+        domain.send(&alice, send("t1")).await?;
+        assert_eq!(created_events(&mut rx), Vec::<i64>::new());
+        let second = domain.send(&alice, send("t2")).await?;
+        assert_eq!((second.message.seq, second.created), (2, true));
+        domain.send(&alice, send("t2")).await?;
+        assert_eq!(created_events(&mut rx), vec![2]);
+
+        // Alice's membership is remembered by now; her removal is not.
+        domain.remove_member(&"c".into(), &"alice".into()).await?;
+        assert!(matches!(
+            domain.send(&alice, send("t3")).await,
+            Err(DomainError::Forbidden(_))
+        ));
         Ok(())
     }
 }

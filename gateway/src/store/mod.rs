@@ -173,7 +173,7 @@ pub(crate) mod tests {
     use std::collections::HashSet;
     use std::sync::Arc;
 
-    fn new_message(conversation: &str, sender: &str, content: &str, client_ref: Option<&str>) -> NewMessage {
+    pub(crate) fn new_message(conversation: &str, sender: &str, content: &str, client_ref: Option<&str>) -> NewMessage {
         NewMessage {
             conversation_id: conversation.into(),
             sender_id: sender.into(),

@@ -1,7 +1,9 @@
 //! Persisted-and-fanned-out messages per second: N concurrent Socket.IO senders spread over C
 //! conversations (created over REST, `members` access), each sending M messages with
 //! `message:send` and waiting for each ack (the ack comes after the message is stored and
-//! handed to the fan-out). Prints one JSON line with messages/s and ack latency percentiles.
+//! handed to the fan-out). Prints one JSON line with messages/s, ack latency percentiles, and
+//! the CPU time spent over the window by the node (`--node-pid`), the database server's
+//! processes (`--db-process`, e.g. `postgres`), the driver itself and the whole machine.
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
@@ -36,6 +38,13 @@ struct Args {
     /// Label for the report (e.g. the database).
     #[arg(long, default_value = "")]
     label: String,
+    /// The node's process id, to report its CPU time over the window.
+    #[arg(long)]
+    node_pid: Option<u32>,
+    /// Command name of the database server's processes (all of them are summed), e.g.
+    /// `postgres`.
+    #[arg(long)]
+    db_process: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +58,132 @@ struct Report {
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     ack_max_ms: f64,
+    load_before: String,
+    load_after: String,
+    cpu: CpuReport,
+}
+
+/// CPU time over the window, in seconds of one core, and per message in microseconds.
+#[derive(Serialize, Default)]
+struct CpuReport {
+    /// Cores the machine has.
+    cores: usize,
+    /// Busy share of the whole machine (all cores, kernel threads included), 0..1.
+    machine_busy: f64,
+    node_s: Option<f64>,
+    db_s: Option<f64>,
+    driver_s: f64,
+    node_us_per_message: Option<f64>,
+    db_us_per_message: Option<f64>,
+    driver_us_per_message: f64,
+}
+
+/// utime + stime of `/proc/<pid>/stat`, in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: after it, utime and stime are
+    // the 12th and 13th fields.
+    let (_, after) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Per process named `name`: its CPU ticks. Processes started during the window count from
+/// zero, which is right for the database's backends opened by the run.
+fn ticks_by_name(name: &str) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == name
+            && let Some(t) = cpu_ticks(&pid)
+        {
+            out.insert(pid, t);
+        }
+    }
+    out
+}
+
+/// (busy, total) ticks of the machine from /proc/stat's `cpu` line.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .map(|l| l.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect())
+        .unwrap_or_default();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+fn clock_ticks_per_s() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|n| *n > 0.0)
+        .unwrap_or(100.0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+struct CpuSample {
+    node: Option<u64>,
+    db: std::collections::HashMap<String, u64>,
+    driver: u64,
+    machine: (u64, u64),
+}
+
+fn sample(args: &Args) -> CpuSample {
+    CpuSample {
+        node: args.node_pid.and_then(|p| cpu_ticks(&p.to_string())),
+        db: args.db_process.as_deref().map(ticks_by_name).unwrap_or_default(),
+        driver: cpu_ticks("self").unwrap_or(0),
+        machine: machine_ticks(),
+    }
+}
+
+fn cpu_report(args: &Args, before: &CpuSample, after: &CpuSample, messages: usize) -> CpuReport {
+    let hz = clock_ticks_per_s();
+    let per = |s: f64| s * 1e6 / messages.max(1) as f64;
+    let node_s = match (before.node, after.node) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / hz),
+        _ => None,
+    };
+    let db_s = args.db_process.as_ref().map(|_| {
+        after
+            .db
+            .iter()
+            .map(|(pid, a)| a.saturating_sub(before.db.get(pid).copied().unwrap_or(0)))
+            .sum::<u64>() as f64
+            / hz
+    });
+    let driver_s = after.driver.saturating_sub(before.driver) as f64 / hz;
+    let busy = after.machine.0.saturating_sub(before.machine.0) as f64;
+    let total = after.machine.1.saturating_sub(before.machine.1) as f64;
+    CpuReport {
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        machine_busy: if total > 0.0 { busy / total } else { 0.0 },
+        node_s,
+        db_s,
+        driver_s,
+        node_us_per_message: node_s.map(per),
+        db_us_per_message: db_s.map(per),
+        driver_us_per_message: per(driver_s),
+    }
 }
 
 fn token(secret: &str, user: &str) -> Result<String> {
@@ -187,6 +322,8 @@ async fn main() -> Result<()> {
         create_conversation(&args, id, &members).await?;
     }
     let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let load_before = loadavg();
+    let cpu_before = sample(&args);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, user) in users.iter().enumerate() {
@@ -202,6 +339,7 @@ async fn main() -> Result<()> {
         task.await??;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = sample(&args);
     let h = latencies.lock().map_err(|_| anyhow!("poisoned"))?;
     let total = args.senders * args.messages;
     let report = Report {
@@ -214,6 +352,9 @@ async fn main() -> Result<()> {
         ack_p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
         ack_p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
         ack_max_ms: h.max() as f64 / 1000.0,
+        load_before,
+        load_after: loadavg(),
+        cpu: cpu_report(&args, &cpu_before, &cpu_after, total),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
