@@ -66,12 +66,11 @@ pub struct Channels {
 impl Channels {
     /// Where `frame` goes, given what is joined now.
     pub fn route(&self, frame: &Frame) -> Route {
+        if frame.is_heartbeat() {
+            return Route::Heartbeat;
+        }
         if frame.topic == PHOENIX_TOPIC {
-            return if frame.event == "heartbeat" {
-                Route::Heartbeat
-            } else {
-                Route::Unmatched
-            };
+            return Route::Unmatched;
         }
         let current = self.joined.get(&frame.topic);
         match frame.event.as_str() {

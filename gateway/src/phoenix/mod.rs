@@ -94,112 +94,70 @@ impl SocketHandle {
     }
 }
 
+/// Sockets filed under keys (a topic, a user, a conversation), for delivery.
+struct Index<K> {
+    map: RwLock<HashMap<K, HashMap<u64, Arc<SocketHandle>>>>,
+}
+
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Self { map: RwLock::default() }
+    }
+}
+
+impl<K: Eq + std::hash::Hash> Index<K> {
+    fn add(&self, key: K, s: &Arc<SocketHandle>) {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        map.entry(key).or_default().insert(s.id, s.clone());
+    }
+
+    fn remove<Q>(&self, key: &Q, id: u64)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sockets) = map.get_mut(key) {
+            sockets.remove(&id);
+            if sockets.is_empty() {
+                map.remove(key);
+            }
+        }
+    }
+
+    fn contains<Q>(&self, key: &Q, id: u64) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).is_some_and(|s| s.contains_key(&id))
+    }
+
+    fn get<Q>(&self, key: &Q) -> Vec<Arc<SocketHandle>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).map(|s| s.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn all(&self) -> Vec<Arc<SocketHandle>> {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        map.values().flat_map(|s| s.values().cloned()).collect()
+    }
+}
+
 /// Local sockets, by joined topic and by user, for delivery.
 #[derive(Default)]
 struct Registry {
     /// `conversation:{id}` / `user:{id}` → sockets joined to it.
-    topics: RwLock<HashMap<String, HashMap<u64, Arc<SocketHandle>>>>,
+    topics: Index<String>,
     /// Every socket of a user, joined or not (for closing and removal).
-    users: RwLock<HashMap<UserId, HashMap<u64, Arc<SocketHandle>>>>,
+    users: Index<UserId>,
     /// Conversation → sockets whose `user:{id}` channel hears of its messages.
-    watchers: RwLock<HashMap<ConversationId, HashMap<u64, Arc<SocketHandle>>>>,
-}
-
-impl Registry {
-    fn add_socket(&self, s: &Arc<SocketHandle>) {
-        let mut users = self.users.write().unwrap_or_else(PoisonError::into_inner);
-        users.entry(s.user.clone()).or_default().insert(s.id, s.clone());
-    }
-
-    fn remove_socket(&self, s: &SocketHandle, topics: impl Iterator<Item = String>) {
-        for topic in topics {
-            self.unjoin(&topic, s.id);
-        }
-        let mut users = self.users.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sockets) = users.get_mut(&s.user) {
-            sockets.remove(&s.id);
-            if sockets.is_empty() {
-                users.remove(&s.user);
-            }
-        }
-    }
-
-    fn join(&self, topic: &str, s: &Arc<SocketHandle>) {
-        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
-        topics.entry(topic.to_owned()).or_default().insert(s.id, s.clone());
-    }
-
-    fn unjoin(&self, topic: &str, id: u64) {
-        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sockets) = topics.get_mut(topic) {
-            sockets.remove(&id);
-            if sockets.is_empty() {
-                topics.remove(topic);
-            }
-        }
-    }
-
-    fn watch(&self, conversation: &ConversationId, s: &Arc<SocketHandle>) {
-        let mut watchers = self.watchers.write().unwrap_or_else(PoisonError::into_inner);
-        watchers
-            .entry(conversation.clone())
-            .or_default()
-            .insert(s.id, s.clone());
-    }
-
-    fn unwatch(&self, conversation: &ConversationId, id: u64) {
-        let mut watchers = self.watchers.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sockets) = watchers.get_mut(conversation) {
-            sockets.remove(&id);
-            if sockets.is_empty() {
-                watchers.remove(conversation);
-            }
-        }
-    }
-
-    fn watching(&self, conversation: &ConversationId) -> Vec<Arc<SocketHandle>> {
-        self.watchers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(conversation)
-            .map(|s| s.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn joined(&self, topic: &str, id: u64) -> bool {
-        self.topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(topic)
-            .is_some_and(|s| s.contains_key(&id))
-    }
-
-    fn on_topic(&self, topic: &str) -> Vec<Arc<SocketHandle>> {
-        self.topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(topic)
-            .map(|s| s.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn of_user(&self, user: &UserId) -> Vec<Arc<SocketHandle>> {
-        self.users
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(user)
-            .map(|s| s.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn all(&self) -> Vec<Arc<SocketHandle>> {
-        self.users
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .flat_map(|s| s.values().cloned())
-            .collect()
-    }
+    watchers: Index<ConversationId>,
 }
 
 fn user_topic(user: &UserId) -> String {
@@ -247,7 +205,7 @@ impl PhoenixAdapter {
     /// Closes every socket with 1012 (service restart), in batches spread over `window`, so
     /// that clients reconnect elsewhere by themselves and not all at once.
     pub async fn drain(&self, window: Duration) {
-        let sockets = self.registry.all();
+        let sockets = self.registry.users.all();
         let per_batch = sockets.len().div_ceil(DRAIN_BATCHES).max(1);
         let pause = window / DRAIN_BATCHES as u32;
         tracing::info!(sockets = sockets.len(), per_batch, "closing Phoenix sockets");
@@ -269,10 +227,13 @@ impl LocalSink for PhoenixAdapter {
         };
         if let (Topic::Conversation(c), Event::MessageCreated(m)) = (&delivery.topic, &delivery.event) {
             // Their worker tells the `user:{id}` channels: it reads each user's unread count.
-            let message = Arc::new(m.clone());
-            for s in self.registry.watching(c) {
-                if s.inbox.try_send(worker::Input::Watched(message.clone())).is_err() {
-                    METRICS.outbound_dropped.inc();
+            let watchers = self.registry.watchers.get(c);
+            if !watchers.is_empty() {
+                let message = Arc::new(m.clone());
+                for s in watchers {
+                    if s.inbox.try_send(worker::Input::Watched(message.clone())).is_err() {
+                        METRICS.outbound_dropped.inc();
+                    }
                 }
             }
         }
@@ -280,9 +241,9 @@ impl LocalSink for PhoenixAdapter {
             return;
         };
         let audience = match &delivery.topic {
-            Topic::Conversation(c) => self.registry.on_topic(&conversation_topic(c)),
-            Topic::User(u) => self.registry.of_user(u),
-            Topic::All => self.registry.all(),
+            Topic::Conversation(c) => self.registry.topics.get(&conversation_topic(c)),
+            Topic::User(u) => self.registry.users.get(u),
+            Topic::All => self.registry.users.all(),
         };
         let audience = audience
             .into_iter()
@@ -323,9 +284,9 @@ impl LocalSink for PhoenixAdapter {
                         Channel::OwnUser => Some(user_topic(&s.user)),
                         Channel::ConversationOrUser(c) => [conversation_topic(c), user_topic(&s.user)]
                             .into_iter()
-                            .find(|t| self.registry.joined(t, s.id)),
+                            .find(|t| self.registry.topics.contains(t.as_str(), s.id)),
                     };
-                    let Some(topic) = topic.filter(|t| self.registry.joined(t, s.id)) else {
+                    let Some(topic) = topic.filter(|t| self.registry.topics.contains(t.as_str(), s.id)) else {
                         continue;
                     };
                     let frame = frames.entry(topic).or_insert_with_key(|topic| encode(topic)).clone();
@@ -416,7 +377,7 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: WebSocket, who: Identity) {
             kill: CancellationToken::new(),
             close_code: AtomicU16::new(0),
         });
-        adapter.registry.add_socket(&handle);
+        adapter.registry.users.add(handle.user.clone(), &handle);
         let writer = tokio::spawn(write(sink, outbox, handle.clone()).in_current_span());
         let worker = worker::Worker::new(adapter.clone(), handle.clone(), conn.clone(), who);
         let worker = tokio::spawn(worker.run(inbox).in_current_span());
@@ -465,7 +426,7 @@ async fn read(
                 continue;
             }
         };
-        if frame.topic == codec::PHOENIX_TOPIC && frame.event == "heartbeat" {
+        if frame.is_heartbeat() {
             if let Ok(ack) = codec::reply(&frame, "ok", serde_json::json!({})) {
                 handle.send(ack.into());
             }

@@ -116,8 +116,11 @@ impl Worker {
             }
         }
         self.unwatch_all().await;
-        let topics: Vec<String> = self.channels.topics().map(str::to_owned).collect();
-        self.adapter.registry.remove_socket(&self.handle, topics.into_iter());
+        let registry = &self.adapter.registry;
+        for topic in self.channels.topics() {
+            registry.topics.remove(topic, self.handle.id);
+        }
+        registry.users.remove(&self.handle.user, self.handle.id);
         self.adapter.domain.disconnect(&self.conn).await;
     }
 
@@ -226,7 +229,7 @@ impl Worker {
             TopicKind::User(user) if *user == self.who.user_id => {
                 self.watched = self.adapter.domain.watch(&self.who).await?;
                 for conversation in &self.watched {
-                    self.adapter.registry.watch(conversation, &self.handle);
+                    self.adapter.registry.watchers.add(conversation.clone(), &self.handle);
                 }
                 serde_json::json!({})
             }
@@ -259,7 +262,7 @@ impl Worker {
         };
         let join_ref = frame.join_ref.as_deref().unwrap_or_default();
         self.channels.joined(&frame.topic, join_ref);
-        self.adapter.registry.join(&frame.topic, &self.handle);
+        self.adapter.registry.topics.add(frame.topic.clone(), &self.handle);
         Ok(response)
     }
 
@@ -287,7 +290,7 @@ impl Worker {
 
     async fn leave(&mut self, topic: &str, kind: &TopicKind) {
         self.channels.left(topic);
-        self.adapter.registry.unjoin(topic, self.handle.id);
+        self.adapter.registry.topics.remove(topic, self.handle.id);
         match kind {
             TopicKind::User(_) => self.unwatch_all().await,
             TopicKind::Conversation(conversation) => {
@@ -301,7 +304,7 @@ impl Worker {
     async fn unwatch_all(&mut self) {
         let watched = std::mem::take(&mut self.watched);
         for conversation in &watched {
-            self.adapter.registry.unwatch(conversation, self.handle.id);
+            self.adapter.registry.watchers.remove(conversation, self.handle.id);
         }
         self.adapter.domain.unwatch(&watched).await;
     }
@@ -345,7 +348,7 @@ impl Worker {
     async fn removed(&mut self, conversation: ConversationId) {
         if let Some(n) = self.watched.iter().position(|c| *c == conversation) {
             self.watched.swap_remove(n);
-            self.adapter.registry.unwatch(&conversation, self.handle.id);
+            self.adapter.registry.watchers.remove(&conversation, self.handle.id);
             self.adapter.domain.unwatch(std::slice::from_ref(&conversation)).await;
         }
         let topic = conversation_topic(&conversation);
