@@ -5,10 +5,12 @@
 //! - [`auth`]: user JWTs verified into an identity; tokens signed for `switchboard token`.
 //! - [`http`]: the REST API, health and readiness, mounted with the Socket.IO endpoint.
 //! - [`inbound`]: client payload shapes read into domain requests, shared by the adapters.
-//! - [`socketio`]: the Socket.IO adapter — inbound events to domain commands, domain events
-//!   to each namespace's vocabulary. No business rule lives here.
+//! - [`socketio`]: the Socket.IO adapter — Engine.IO sessions over WebSocket and polling,
+//!   inbound events to domain commands, domain events to each namespace's vocabulary. No
+//!   business rule lives here.
 //! - [`phoenix`]: the Phoenix Channels adapter — channel frames to domain commands, domain
 //!   events to seed 004's channel events and Phoenix.Presence. No business rule lives here.
+//! - [`index`]: local connections by room or topic, for the adapters' fan-out.
 //! - [`domain`]: the rules — access, presence status, typing expiry, who hears about whom.
 //! - [`bus`]: carries domain events to every node with local members of a topic.
 //! - [`store`]: conversations, members and messages — the record.
@@ -26,6 +28,7 @@ pub mod dev;
 pub mod domain;
 pub mod http;
 pub mod inbound;
+pub mod index;
 pub mod metrics;
 pub mod net;
 pub mod phoenix;

@@ -64,6 +64,11 @@ impl Closer {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
+    /// The connection itself, for a transport that reads and writes it after an upgrade.
+    pub fn stream(&self) -> Arc<TcpStream> {
+        self.0.clone()
+    }
+
     /// Shuts the connection down in both directions.
     pub fn close(&self) {
         let _ = SockRef::from(self.0.as_ref()).shutdown(Shutdown::Both);

@@ -114,7 +114,7 @@ impl Node {
         };
         let domain = Arc::new(Domain::new(backends, rules, tasks.clone(), shutdown.clone()));
         fanout.register(domain.memberships());
-        let (sio_layer, socketio) = SocketIoAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
+        let socketio = SocketIoAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
         fanout.register(socketio.clone());
         let phoenix = PhoenixAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
         fanout.register(phoenix.clone());
@@ -132,7 +132,13 @@ impl Node {
             readiness: Readiness::new(redis.clone(), store.clone(), messages),
         });
         let max_body = usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX);
-        let router = http::router(state.clone(), sio_layer, phoenix.routes(), &config.cors, max_body);
+        let router = http::router(
+            state.clone(),
+            socketio.routes(),
+            phoenix.routes(),
+            &config.cors,
+            max_body,
+        );
         Ok(Node {
             router,
             state,

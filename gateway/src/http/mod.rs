@@ -23,7 +23,6 @@ use axum::{Json, Router, middleware};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::{ConversationId, UserId};
-use socketioxide::layer::SocketIoLayer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -123,13 +122,7 @@ impl From<QueryRejection> for ApiError {
 }
 
 /// The whole HTTP application: REST and Phoenix routes inside the Socket.IO layer, inside CORS.
-pub fn router(
-    state: Arc<AppState>,
-    socketio: SocketIoLayer,
-    phoenix: Router,
-    cors: &CorsOrigins,
-    max_body: usize,
-) -> Router {
+pub fn router(state: Arc<AppState>, socketio: Router, phoenix: Router, cors: &CorsOrigins, max_body: usize) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -160,9 +153,8 @@ pub fn router(
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
         .merge(phoenix)
+        .merge(socketio)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(socketio)
-        .layer(middleware::map_request(detach_from_read_buffer))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_new_sessions_while_draining,
@@ -174,32 +166,6 @@ pub fn router(
         .layer(tower::util::option_layer(cors_layer(cors)))
         // A 503 from /ready during an outage is expected: not an error for the logs.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
-}
-
-/// Hyper parses the URI and header values of a request as slices of its connection's read
-/// buffer (16 KiB once grown), and socketioxide keeps each session's request parts for the
-/// session's whole life: without this copy every idle connection pins that buffer. axum's
-/// router also keeps a clone of the URI as it arrived (`OriginalUri`) in the extensions.
-async fn detach_from_read_buffer(mut request: axum::extract::Request) -> axum::extract::Request {
-    if !request.uri().path().starts_with("/socket.io") {
-        return request;
-    }
-    let shared = std::mem::take(request.headers_mut());
-    let mut own = axum::http::HeaderMap::with_capacity(shared.len());
-    for (name, value) in &shared {
-        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
-            copy.set_sensitive(value.is_sensitive());
-            own.append(name.clone(), copy);
-        }
-    }
-    *request.headers_mut() = own;
-    if let Ok(uri) = axum::http::Uri::try_from(request.uri().to_string()) {
-        if let Some(original) = request.extensions_mut().get_mut::<axum::extract::OriginalUri>() {
-            original.0 = uri.clone();
-        }
-        *request.uri_mut() = uri;
-    }
-    request
 }
 
 /// While draining, new Socket.IO sessions and Phoenix sockets get 503 at the HTTP level, which clients treat as a

@@ -15,6 +15,7 @@ use crate::auth::{Identity, JwtSettings};
 use crate::bus::LocalSink;
 use crate::config::{Config, RateLimit};
 use crate::domain::{Domain, RateLimiter};
+use crate::index::{Index, Indexed};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use axum::Router;
@@ -29,8 +30,8 @@ use render::{Channel, Rendered};
 use shared::phoenix as codec;
 use shared::{ConnId, ConversationId, Delivery, Event, NodeId, Topic, UserId};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -94,58 +95,9 @@ impl SocketHandle {
     }
 }
 
-/// Sockets filed under keys (a topic, a user, a conversation), for delivery.
-struct Index<K> {
-    map: RwLock<HashMap<K, HashMap<u64, Arc<SocketHandle>>>>,
-}
-
-impl<K> Default for Index<K> {
-    fn default() -> Self {
-        Self { map: RwLock::default() }
-    }
-}
-
-impl<K: Eq + std::hash::Hash> Index<K> {
-    fn add(&self, key: K, s: &Arc<SocketHandle>) {
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        map.entry(key).or_default().insert(s.id, s.clone());
-    }
-
-    fn remove<Q>(&self, key: &Q, id: u64)
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Eq + std::hash::Hash + ?Sized,
-    {
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sockets) = map.get_mut(key) {
-            sockets.remove(&id);
-            if sockets.is_empty() {
-                map.remove(key);
-            }
-        }
-    }
-
-    fn contains<Q>(&self, key: &Q, id: u64) -> bool
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Eq + std::hash::Hash + ?Sized,
-    {
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        map.get(key).is_some_and(|s| s.contains_key(&id))
-    }
-
-    fn get<Q>(&self, key: &Q) -> Vec<Arc<SocketHandle>>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Eq + std::hash::Hash + ?Sized,
-    {
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        map.get(key).map(|s| s.values().cloned().collect()).unwrap_or_default()
-    }
-
-    fn all(&self) -> Vec<Arc<SocketHandle>> {
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        map.values().flat_map(|s| s.values().cloned()).collect()
+impl Indexed for SocketHandle {
+    fn index_id(&self) -> u64 {
+        self.id
     }
 }
 
@@ -153,11 +105,11 @@ impl<K: Eq + std::hash::Hash> Index<K> {
 #[derive(Default)]
 struct Registry {
     /// `conversation:{id}` / `user:{id}` → sockets joined to it.
-    topics: Index<String>,
+    topics: Index<String, SocketHandle>,
     /// Every socket of a user, joined or not (for closing and removal).
-    users: Index<UserId>,
+    users: Index<UserId, SocketHandle>,
     /// Conversation → sockets whose `user:{id}` channel hears of its messages.
-    watchers: Index<ConversationId>,
+    watchers: Index<ConversationId, SocketHandle>,
 }
 
 fn user_topic(user: &UserId) -> String {

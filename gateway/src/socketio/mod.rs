@@ -1,8 +1,15 @@
-//! The Socket.IO adapter (Engine.IO v4, WebSocket and long-polling): authenticates
-//! connections, turns inbound events into domain commands and acks, and renders the domain
-//! events this node receives into each namespace's vocabulary.
+//! The Socket.IO adapter (Socket.IO v5 over Engine.IO v4, WebSocket and long-polling):
+//! authenticates namespace connections, turns inbound events into domain commands and acks,
+//! and renders the domain events this node receives into each namespace's vocabulary.
+//!
+//! Engine.IO sessions and their transports are in [`engine`]; this module sees Socket.IO
+//! packets. An event is rendered and encoded once per namespace, then handed to each
+//! recipient's session, which writes it straight to the socket when nothing waits before it.
 
+mod engine;
+mod packet;
 mod profile;
+mod ws;
 
 pub use profile::{Profile, profile};
 
@@ -11,38 +18,28 @@ use crate::bus::LocalSink;
 use crate::config::{Config, RateLimit};
 use crate::domain::{Domain, DomainError, RateLimiter};
 use crate::inbound;
+use crate::index::{Index, Indexed};
 use crate::metrics::METRICS;
-use crate::net::{Closer, ConnInfo};
 use async_trait::async_trait;
+use axum::Router;
+use engine::{CloseReason, Engine, EngineSettings, Handler, Session};
 use futures::FutureExt;
+use packet::Kind;
 use serde::Serialize;
 use serde_json::Value;
 use shared::event::{Membership, Message, ReceiptStatus};
 use shared::{ConnId, ConversationId, Delivery, Event, NodeId, Status, Topic, UserId};
-use socketioxide::adapter::LocalAdapter;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
-use socketioxide::handler::{ConnectHandler, FromMessageParts};
-use socketioxide::layer::SocketIoLayer;
-use socketioxide::socket::{DisconnectReason, Socket};
-use socketioxide::{BroadcastError, SocketError};
-use socketioxide::{ParserError, SocketIo};
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-/// Engine.IO heartbeat. A ping that finds the connection's outbound queue full closes it at
-/// once, so a consumer whose queue stays full is closed within this interval (the slow
-/// consumer rule); a client that stops answering is closed after interval + timeout.
+/// Engine.IO heartbeat: a client that stops answering is closed after interval + timeout.
+/// (A consumer whose outbound queue fills is closed at once, whatever the heartbeat.)
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Each WebSocket connection's read buffer, allocated up front (socketioxide's default is
-/// 4 KiB). Client frames are small; a larger frame is read in several calls.
-const WS_READ_BUFFER: usize = 1024;
 
 /// How many batches a drain closes client transports in.
 const DRAIN_BATCHES: usize = 10;
@@ -94,44 +91,35 @@ enum Command {
     History,
 }
 
-fn user_room(user: &UserId) -> String {
-    format!("u:{user}")
+/// What a socket receives: a conversation's events, a user's, or everything.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Room {
+    Conversation(ConversationId),
+    User(UserId),
+    All,
 }
 
-fn conversation_room(conversation: &ConversationId) -> String {
-    format!("c:{conversation}")
-}
-
-/// What every handler needs, shared through socketioxide's state.
+/// What every handler needs.
 struct Ctx {
     domain: Arc<Domain>,
     jwt: JwtSettings,
     allow_register: bool,
     rate: RateLimit,
     node_id: NodeId,
-    profiles: HashMap<String, &'static Profile>,
 }
 
-impl Ctx {
-    fn profile(&self, ns: &str) -> &'static Profile {
-        self.profiles.get(ns).copied().unwrap_or(&profile::ALT)
-    }
-}
-
-/// One connection's state, kept in its socket's extensions.
+/// One namespace connection's state.
 struct Conn {
     id: ConnId,
     identity: OnceLock<Identity>,
     rate: RateLimiter,
     order: Sequencer,
-    /// Closes the TCP connection the handshake came on (the transport, for WebSocket clients).
-    closer: Option<Closer>,
 }
 
-/// Runs a connection's events one after the other, in arrival order: socketioxide spawns a
-/// task per event, so without this a `typing:stop` could overtake its `typing:start`.
-/// Each event waits for the previous one's ticket; a finished (or panicked) event drops its
-/// ticket, which releases the next.
+/// Runs a connection's events one after the other, in arrival order: each event runs in its
+/// own task (so a slow database never delays reading the connection), so without this a
+/// `typing:stop` could overtake its `typing:start`. Each event waits for the previous one's
+/// ticket; a finished (or panicked) event drops its ticket, which releases the next.
 #[derive(Default)]
 struct Sequencer {
     last: Mutex<Option<oneshot::Receiver<()>>>,
@@ -158,24 +146,44 @@ impl Ticket {
     }
 }
 
-/// The first event argument, and whether the client asked for an ack.
-struct Inbound {
-    payload: Result<Value, ParserError>,
-    wants_ack: bool,
+/// A Socket.IO socket: one namespace of one Engine.IO session.
+struct SioSocket {
+    key: u64,
+    /// Index of the namespace in the adapter's list.
+    ns: u8,
+    sid: Box<str>,
+    session: Arc<Session<SioSession>>,
+    conn: Conn,
+    /// The rooms it is filed under, to unfile it when it goes.
+    rooms: Mutex<Vec<Room>>,
+    gone: AtomicBool,
 }
 
-impl FromMessageParts<LocalAdapter> for Inbound {
-    type Error = Infallible;
-    fn from_message_parts(
-        s: &Arc<Socket<LocalAdapter>>,
-        v: &mut socketioxide::handler::Value,
-        ack_id: &Option<i64>,
-    ) -> Result<Self, Infallible> {
-        let TryData(payload) = TryData::<Value>::from_message_parts(s, v, ack_id)?;
-        Ok(Inbound {
-            payload,
-            wants_ack: ack_id.is_some(),
-        })
+impl Indexed for SioSocket {
+    fn index_id(&self) -> u64 {
+        self.key
+    }
+}
+
+impl SioSocket {
+    fn user(&self) -> Option<&UserId> {
+        self.conn.identity.get().map(|i| &i.user_id)
+    }
+}
+
+/// The Socket.IO state of one Engine.IO session.
+#[derive(Default)]
+pub struct SioSession {
+    /// Its connected namespaces.
+    sockets: Mutex<Vec<Arc<SioSocket>>>,
+    /// Binary attachments still to skip (binary events are refused).
+    skip_binary: AtomicUsize,
+}
+
+impl SioSession {
+    fn socket(&self, ns: u8) -> Option<Arc<SioSocket>> {
+        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        sockets.iter().find(|s| s.ns == ns).cloned()
     }
 }
 
@@ -249,20 +257,18 @@ struct SendConfirmation<'a> {
     message: &'a Message,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Refused(String);
-
-/// The Socket.IO side of a node: the HTTP layer to mount, and the sink the bus delivers to.
+/// The Socket.IO side of a node: its routes, and the sink the bus delivers to.
 pub struct SocketIoAdapter {
-    io: SocketIo,
+    engine: Engine<SioSession>,
     namespaces: Vec<(String, &'static Profile)>,
-    ctx: Arc<Ctx>,
+    ctx: Ctx,
+    rooms: Index<(u8, Room), SioSocket>,
+    next_key: AtomicU64,
 }
 
 impl SocketIoAdapter {
-    /// Builds the adapter and its tower layer, with every namespace of the configuration.
-    pub fn build(config: &Config, domain: Arc<Domain>) -> Result<(SocketIoLayer, Arc<Self>), String> {
+    /// Builds the adapter with every namespace of the configuration.
+    pub fn build(config: &Config, domain: Arc<Domain>) -> Result<Arc<Self>, String> {
         let jwt = config.auth.jwt.clone().ok_or("no JWT settings")?;
         let namespaces: Vec<(String, &'static Profile)> = config
             .socketio
@@ -270,95 +276,379 @@ impl SocketIoAdapter {
             .iter()
             .map(|(ns, name)| (ns.clone(), profile(*name)))
             .collect();
-        let ctx = Arc::new(Ctx {
-            domain,
-            jwt,
-            allow_register: config.auth.allow_register,
-            rate: config.socketio.rate_limit,
-            node_id: config.node_id.clone(),
-            profiles: namespaces.iter().cloned().collect(),
-        });
-        let max_payload = config.socketio.max_payload;
-        let (layer, io) = SocketIo::builder()
-            .with_state(ctx.clone())
-            .ping_interval(PING_INTERVAL)
-            .ping_timeout(PING_TIMEOUT)
-            .max_buffer_size(config.socketio.max_outbound_queue)
-            .ws_read_buffer_size(WS_READ_BUFFER)
-            .max_payload(max_payload)
-            .ws_max_message_size(usize::try_from(max_payload).unwrap_or(usize::MAX))
-            .ws_max_frame_size(usize::try_from(max_payload).unwrap_or(usize::MAX))
-            .build_layer();
-        for (ns, _) in &namespaces {
-            io.ns(ns.clone(), on_connect.with(authenticate));
+        if namespaces.len() > usize::from(u8::MAX) {
+            return Err("too many Socket.IO namespaces (at most 255)".into());
         }
-        Ok((layer, Arc::new(Self { io, namespaces, ctx })))
+        Ok(Arc::new(Self {
+            engine: Engine::new(EngineSettings {
+                ping_interval: PING_INTERVAL,
+                ping_timeout: PING_TIMEOUT,
+                max_payload: usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX),
+                max_queue: config.socketio.max_outbound_queue,
+            }),
+            namespaces,
+            ctx: Ctx {
+                domain,
+                jwt,
+                allow_register: config.auth.allow_register,
+                rate: config.socketio.rate_limit,
+                node_id: config.node_id.clone(),
+            },
+            rooms: Index::default(),
+            next_key: AtomicU64::new(1),
+        }))
+    }
+
+    /// The `/socket.io/` routes.
+    pub fn routes(self: &Arc<Self>) -> Router {
+        engine::routes(self.clone())
+    }
+
+    fn ns_name(&self, ns: u8) -> &str {
+        self.namespaces
+            .get(usize::from(ns))
+            .map_or("/", |(name, _)| name.as_str())
+    }
+
+    fn profile(&self, ns: u8) -> &'static Profile {
+        self.namespaces.get(usize::from(ns)).map_or(&profile::ALT, |(_, p)| *p)
+    }
+
+    fn join_room(&self, socket: &Arc<SioSocket>, room: Room) {
+        let mut rooms = socket.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+        if !rooms.contains(&room) {
+            rooms.push(room.clone());
+            self.rooms.add((socket.ns, room), socket);
+        }
+    }
+
+    fn leave_room(&self, socket: &SioSocket, room: Room) {
+        let mut rooms = socket.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = rooms.iter().position(|r| *r == room) {
+            rooms.swap_remove(i);
+            self.rooms.remove(&(socket.ns, room), socket.key);
+        }
+    }
+
+    /// Sends `name` with `payload` to one socket.
+    fn emit(&self, socket: &SioSocket, name: &str, payload: &impl Serialize) {
+        match packet::event(self.ns_name(socket.ns), name, payload) {
+            Ok(p) => socket.session.send(p),
+            Err(e) => tracing::warn!(event = name, error = %e, "event not encoded"),
+        }
+    }
+
+    /// A namespace connection request: authenticates, registers, answers.
+    async fn connect(self: Arc<Self>, session: Arc<Session<SioSession>>, ns: u8, auth: Option<Value>) {
+        let ns_name = self.ns_name(ns).to_owned();
+        let token = match auth.as_ref().and_then(|a| a.get("token")) {
+            Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
+            _ => session.token.as_deref().map(str::to_owned),
+        };
+        let identity = match token {
+            Some(token) => match self.ctx.jwt.verify(&token) {
+                Ok(who) => Some(who),
+                Err(e) => {
+                    session.send(packet::connect_error(&ns_name, &format!("unauthorized: {e}")));
+                    return;
+                }
+            },
+            None if self.ctx.allow_register => None,
+            None => {
+                session.send(packet::connect_error(&ns_name, "unauthorized: missing token"));
+                return;
+            }
+        };
+        let sid = engine::random_id();
+        let socket = Arc::new(SioSocket {
+            key: self.next_key.fetch_add(1, Ordering::Relaxed),
+            ns,
+            conn: Conn {
+                // One Engine.IO session carries a socket per namespace.
+                id: ConnId(format!("{}:{}:{}", self.ctx.node_id, ns_name, sid)),
+                identity: OnceLock::new(),
+                rate: RateLimiter::new(self.ctx.rate),
+                order: Sequencer::default(),
+            },
+            sid,
+            session: session.clone(),
+            rooms: Mutex::default(),
+            gone: AtomicBool::new(false),
+        });
+        if let Some(who) = identity {
+            self.join_room(&socket, Room::User(who.user_id.clone()));
+            if let Err(e) = self.ctx.domain.connect(&socket.conn.id, &who).await {
+                self.leave_room(&socket, Room::User(who.user_id));
+                session.send(packet::connect_error(&ns_name, &format!("{}: {e}", e.code().as_str())));
+                return;
+            }
+            let _ = socket.conn.identity.set(who);
+        }
+        self.join_room(&socket, Room::All);
+        session
+            .data
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(socket.clone());
+        METRICS.connections.inc();
+        if session.is_closed() {
+            // The session ended while the domain registered the connection.
+            self.socket_gone(&socket, CloseReason::TransportClose);
+            return;
+        }
+        tracing::debug!(conn = %socket.conn.id, "connected");
+        session.send(packet::connected(&ns_name, &socket.sid));
+    }
+
+    /// A socket's end, whatever the cause: unfiled, and the domain told, once.
+    fn socket_gone(&self, socket: &Arc<SioSocket>, reason: CloseReason) {
+        if socket.gone.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        socket
+            .session
+            .data
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|s| s.key != socket.key);
+        let rooms = std::mem::take(&mut *socket.rooms.lock().unwrap_or_else(PoisonError::into_inner));
+        for room in rooms {
+            self.rooms.remove(&(socket.ns, room), socket.key);
+        }
+        METRICS.connections.dec();
+        METRICS.disconnects.with_label_values(&[reason.label()]).inc();
+        let mut ticket = socket.conn.order.ticket();
+        let domain = self.ctx.domain.clone();
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            ticket.wait().await;
+            tracing::debug!(conn = %socket.conn.id, ?reason, "disconnected");
+            domain.disconnect(&socket.conn.id).await;
+        });
+    }
+
+    /// Closes a namespace from the server side (`io server disconnect` for the client), and
+    /// the session with its last namespace.
+    fn server_disconnect(&self, socket: &Arc<SioSocket>) {
+        socket.session.send(packet::disconnect(self.ns_name(socket.ns)));
+        self.socket_gone(socket, CloseReason::ServerClose);
+        let empty = socket
+            .session
+            .data
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        if empty {
+            socket.session.close_after_flush(CloseReason::ServerClose);
+        }
+    }
+
+    /// An event: admitted now, in arrival order, and run in its own task.
+    fn event(self: &Arc<Self>, socket: Arc<SioSocket>, ack: Option<i64>, data: &str) {
+        let ticket = socket.conn.order.ticket();
+        let allowed = socket.conn.rate.allow();
+        let parsed = packet::event_args(data);
+        tokio::spawn(self.clone().handle(socket, ack, parsed, allowed, ticket));
+    }
+
+    /// Runs one event after the previous one of its connection: rate limit, payload, command,
+    /// panic guard, reply.
+    async fn handle(
+        self: Arc<Self>,
+        socket: Arc<SioSocket>,
+        ack: Option<i64>,
+        parsed: Result<(String, Value), packet::PacketError>,
+        allowed: bool,
+        mut ticket: Ticket,
+    ) {
+        ticket.wait().await;
+        let (name, payload) = match parsed {
+            Ok((name, payload)) => (name, Ok(payload)),
+            Err(e) => (String::new(), Err(e)),
+        };
+        let command = INBOUND.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
+        let span = tracing::info_span!("sio_event", event = %name, conn = %socket.conn.id);
+        let result = match (allowed, payload, command) {
+            (false, _, _) => Err(DomainError::RateLimited),
+            (true, Err(e), _) => Err(DomainError::BadRequest(format!("unreadable event: {e}"))),
+            (true, Ok(_), None) => Err(DomainError::BadRequest(format!("unknown event '{name}'"))),
+            (true, Ok(payload), Some(command)) => AssertUnwindSafe(self.dispatch(&socket, command, payload))
+                .catch_unwind()
+                .instrument(span.clone())
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(parent: &span, "event handler panicked");
+                    Err(DomainError::Internal)
+                }),
+        };
+        self.reply(&socket, &name, ack, result);
+    }
+
+    /// The one place a command's outcome becomes what the client sees: an ack when it asked
+    /// for one, otherwise an `error` event for failures.
+    fn reply(&self, socket: &SioSocket, event: &str, ack: Option<i64>, result: Result<Reply, DomainError>) {
+        if let Err(e) = &result {
+            METRICS.inbound_errors.with_label_values(&[e.code().as_str()]).inc();
+        }
+        let ns = self.ns_name(socket.ns);
+        let encoded = match (result, ack) {
+            (Ok(body), Some(id)) => packet::ack(ns, id, &Success { success: true, body }),
+            (Ok(_), None) => return,
+            (Err(e), Some(id)) => packet::ack(
+                ns,
+                id,
+                &Failure {
+                    success: false,
+                    error: ErrorBody {
+                        code: e.code().as_str(),
+                        message: e.to_string(),
+                        event: None,
+                    },
+                },
+            ),
+            (Err(e), None) => packet::event(
+                ns,
+                self.profile(socket.ns).error,
+                &ErrorBody {
+                    code: e.code().as_str(),
+                    message: e.to_string(),
+                    event: Some(event),
+                },
+            ),
+        };
+        match encoded {
+            Ok(p) => socket.session.send(p),
+            Err(e) => tracing::warn!(event, error = %e, "reply not encoded"),
+        }
     }
 
     /// A removed member's local connections leave the conversation at once.
-    async fn remove_member(&self, sockets: Vec<SocketRef>, removed: &Membership) {
-        let room = conversation_room(&removed.conversation_id);
+    async fn remove_member(&self, sockets: Vec<Arc<SioSocket>>, removed: &Membership) {
         for socket in sockets {
-            let Some(conn) = socket.extensions.get::<Arc<Conn>>() else {
+            let Some(who) = socket.conn.identity.get() else {
                 continue;
             };
-            let Some(who) = conn.identity.get() else { continue };
-            if let Err(e) = self.ctx.domain.leave(&conn.id, who, &removed.conversation_id).await {
-                tracing::warn!(conn = %conn.id, error = %e, "removed member not taken out of presence");
+            if let Err(e) = self
+                .ctx
+                .domain
+                .leave(&socket.conn.id, who, &removed.conversation_id)
+                .await
+            {
+                tracing::warn!(conn = %socket.conn.id, error = %e, "removed member not taken out of presence");
             }
-            socket.leave(room.clone());
+            self.leave_room(&socket, Room::Conversation(removed.conversation_id.clone()));
         }
     }
 
-    /// Closes every connection's transport, in batches spread over `window`, so that clients
-    /// reconnect elsewhere by themselves and not all at once. Connections whose transport is
-    /// not the handshake's TCP connection (long-polling, upgraded) are closed at the end.
+    /// Closes every session's transport, in batches spread over `window`, so that clients
+    /// reconnect elsewhere by themselves and not all at once.
     pub async fn drain(&self, window: Duration) {
-        let mut closers: Vec<Closer> = Vec::new();
-        for (ns, _) in &self.namespaces {
-            let Some(ops) = self.io.of(ns) else { continue };
-            for socket in ops.sockets() {
-                if let Some(closer) = socket.extensions.get::<Arc<Conn>>().and_then(|c| c.closer.clone())
-                    && !closers.iter().any(|c| c.same(&closer))
-                {
-                    closers.push(closer);
-                }
-            }
-        }
-        let per_batch = closers.len().div_ceil(DRAIN_BATCHES).max(1);
+        let sessions = self.engine.sessions();
+        let per_batch = sessions.len().div_ceil(DRAIN_BATCHES).max(1);
         let pause = window / DRAIN_BATCHES as u32;
-        tracing::info!(connections = closers.len(), per_batch, "closing client transports");
-        for batch in closers.chunks(per_batch) {
-            for closer in batch {
-                closer.close();
+        tracing::info!(sessions = sessions.len(), per_batch, "closing client transports");
+        for batch in sessions.chunks(per_batch) {
+            for session in batch {
+                session.close_now(CloseReason::Draining);
             }
             tokio::time::sleep(pause).await;
         }
-        self.io.close().await;
+    }
+}
+
+impl Handler for SocketIoAdapter {
+    type Data = SioSession;
+
+    fn engine(&self) -> &Engine<SioSession> {
+        &self.engine
+    }
+
+    fn on_message(self: &Arc<Self>, session: &Arc<Session<SioSession>>, text: &str) {
+        let p = match packet::parse_sio(text) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(sid = %session.sid, error = %e, "bad socket.io packet ignored");
+                return;
+            }
+        };
+        let Some(ns) = self.namespaces.iter().position(|(n, _)| n == p.ns) else {
+            if p.kind == Kind::Connect {
+                session.send(packet::connect_error(p.ns, "Invalid namespace"));
+            }
+            return;
+        };
+        let ns = ns as u8;
+        let socket = session.data.socket(ns);
+        match (p.kind, socket) {
+            (Kind::Connect, None) => {
+                let auth = serde_json::from_str(p.data).ok();
+                tokio::spawn(self.clone().connect(session.clone(), ns, auth));
+            }
+            (Kind::Event, Some(socket)) => self.event(socket, p.ack, p.data),
+            (Kind::Disconnect, Some(socket)) => self.socket_gone(&socket, CloseReason::ClientClose),
+            (Kind::BinaryEvent, socket) => {
+                session.data.skip_binary.store(p.attachments, Ordering::Relaxed);
+                if let Some(socket) = socket {
+                    let error = DomainError::BadRequest("binary payloads are not supported".into());
+                    self.reply(&socket, "", p.ack, Err(error));
+                }
+            }
+            (Kind::BinaryAck, _) => session.data.skip_binary.store(p.attachments, Ordering::Relaxed),
+            (kind, _) => tracing::debug!(sid = %session.sid, ?kind, "packet ignored"),
+        }
+    }
+
+    fn on_binary(self: &Arc<Self>, session: &Arc<Session<SioSession>>, _data: &[u8]) {
+        let skipped = session
+            .data
+            .skip_binary
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if skipped.is_err() {
+            tracing::debug!(sid = %session.sid, "unexpected binary message ignored");
+        }
+    }
+
+    fn on_close(self: &Arc<Self>, session: &Arc<Session<SioSession>>, reason: CloseReason) {
+        let sockets = session
+            .data
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for socket in sockets {
+            self.socket_gone(&socket, reason);
+        }
     }
 }
 
 #[async_trait]
 impl LocalSink for SocketIoAdapter {
     async fn deliver(&self, delivery: Arc<Delivery>) {
-        for (ns, profile) in &self.namespaces {
-            let Some(ops) = self.io.of(ns) else { continue };
-            let ops = match &delivery.topic {
-                Topic::Conversation(c) => ops.to(conversation_room(c)),
-                Topic::User(u) => ops.to(user_room(u)),
-                Topic::All => ops,
-            };
-            let ops = match &delivery.except_user {
-                Some(u) => ops.except(user_room(u)),
-                None => ops,
-            };
+        let room = match &delivery.topic {
+            Topic::Conversation(c) => Room::Conversation(c.clone()),
+            Topic::User(u) => Room::User(u.clone()),
+            Topic::All => Room::All,
+        };
+        for (i, (ns, profile)) in self.namespaces.iter().enumerate() {
+            let mut sockets = self.rooms.get(&(i as u8, room.clone()));
+            if let Some(except) = &delivery.except_user {
+                sockets.retain(|s| s.user() != Some(except));
+            }
+            if sockets.is_empty() {
+                continue;
+            }
             match &delivery.event {
                 Event::Disconnect(_) => {
-                    ops.disconnect().await.ok();
+                    for socket in &sockets {
+                        self.server_disconnect(socket);
+                    }
                     continue;
                 }
                 Event::MemberRemoved(removed) => {
-                    self.remove_member(ops.sockets(), removed).await;
+                    self.remove_member(sockets, removed).await;
                     continue;
                 }
                 _ => {}
@@ -366,350 +656,145 @@ impl LocalSink for SocketIoAdapter {
             let Some((name, payload)) = profile.render(&delivery.event) else {
                 continue;
             };
-            match ops.emit(name, &payload).await {
-                Ok(()) => {}
-                Err(BroadcastError::Socket(errors)) => {
-                    let full = errors
-                        .iter()
-                        .filter(|e| matches!(e, SocketError::InternalChannelFull))
-                        .count();
-                    METRICS.outbound_dropped.inc_by(full as u64);
+            let encoded = match packet::event(ns, name, &payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(ns = %ns, event = name, error = %e, "event not rendered");
+                    continue;
                 }
-                Err(e) => tracing::warn!(ns = %ns, event = name, error = %e, "event not rendered"),
+            };
+            for socket in &sockets {
+                socket.session.send(encoded.clone());
             }
         }
     }
 }
 
-fn reason_label(reason: DisconnectReason) -> &'static str {
-    match reason {
-        DisconnectReason::TransportClose => "transport_close",
-        DisconnectReason::TransportError => "transport_error",
-        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
-        DisconnectReason::ClientNSDisconnect => "client_disconnect",
-        DisconnectReason::ServerNSDisconnect => "server_disconnect",
-        DisconnectReason::ClosingServer => "closing_server",
-        _ => "protocol_error",
+impl SocketIoAdapter {
+    async fn dispatch(&self, socket: &Arc<SioSocket>, command: Command, payload: Value) -> Result<Reply, DomainError> {
+        let conn = &socket.conn;
+        let who = match command {
+            Command::Register => return self.register(socket, &payload).await,
+            _ => conn
+                .identity
+                .get()
+                .ok_or_else(|| DomainError::Unauthorized("connect with a token or register first".into()))?,
+        };
+        let domain = &self.ctx.domain;
+        match command {
+            Command::Register => Err(DomainError::Internal),
+            Command::Join => {
+                let conversation = inbound::conversation(&payload)?;
+                let last_seq = inbound::last_seq(&payload)?;
+                let joined = domain.join(&conn.id, who, &conversation, last_seq).await?;
+                self.join_room(socket, Room::Conversation(conversation.clone()));
+                if let Some(name) = self.profile(socket.ns).join_confirmation {
+                    let confirmation = JoinConfirmation {
+                        conversation_id: &conversation,
+                        online_users: &joined.online_users,
+                    };
+                    self.emit(socket, name, &confirmation);
+                }
+                let (missed, has_more) = match joined.missed {
+                    Some(page) => (Some(page.messages), Some(page.has_more)),
+                    None => (None, None),
+                };
+                Ok(Reply::Joined {
+                    message: format!("Joined conversation {conversation}"),
+                    conversation_id: conversation,
+                    online_users: joined.online_users,
+                    missed,
+                    has_more,
+                })
+            }
+            Command::Leave => {
+                let conversation = inbound::conversation(&payload)?;
+                domain.leave(&conn.id, who, &conversation).await?;
+                self.leave_room(socket, Room::Conversation(conversation.clone()));
+                Ok(Reply::Left {
+                    conversation_id: conversation,
+                })
+            }
+            Command::TypingStart | Command::TypingStop => {
+                let conversation = inbound::conversation(&payload)?;
+                domain
+                    .typing(who, &conversation, command == Command::TypingStart)
+                    .await?;
+                Ok(Reply::Done {})
+            }
+            Command::Typing => {
+                let (conversation, is_typing) = inbound::typing(&payload)?;
+                domain.typing(who, &conversation, is_typing).await?;
+                Ok(Reply::Done {})
+            }
+            Command::Status => {
+                let status = domain.set_status(who, inbound::status(&payload)?).await?;
+                Ok(Reply::Status { status })
+            }
+            Command::OnlineUsers => {
+                let conversation = inbound::conversation(&payload)?;
+                let online_users = domain.conversation_online(Some(who), &conversation).await?;
+                Ok(Reply::Online { online_users })
+            }
+            Command::Send => {
+                let sent = domain.send(who, inbound::send(&payload)?).await?;
+                if let Some(name) = self.profile(socket.ns).send_confirmation {
+                    let confirmation = SendConfirmation {
+                        temp_id: sent.message.temp_id.as_deref(),
+                        message: &sent.message,
+                    };
+                    self.emit(socket, name, &confirmation);
+                }
+                Ok(Reply::Sent { message: sent.message })
+            }
+            Command::Delivered | Command::Read => {
+                let status = match command {
+                    Command::Read => ReceiptStatus::Read,
+                    _ => ReceiptStatus::Delivered,
+                };
+                domain.receipt(who, &inbound::message_id(&payload)?, status).await?;
+                Ok(Reply::Done {})
+            }
+            Command::ReadAll => {
+                domain.mark_all_read(who, &inbound::conversations(&payload)?).await?;
+                Ok(Reply::Done {})
+            }
+            Command::ReactionAdd | Command::ReactionRemove => {
+                let (message_id, reaction) = inbound::reaction(&payload)?;
+                domain
+                    .react(who, &message_id, &reaction, command == Command::ReactionAdd)
+                    .await?;
+                Ok(Reply::Done {})
+            }
+            Command::History => {
+                let page = domain.history(Some(who), inbound::history(&payload)?).await?;
+                Ok(Reply::History {
+                    messages: page.messages,
+                    has_more: page.has_more,
+                })
+            }
+        }
     }
-}
 
-async fn on_connect(s: SocketRef) {
-    tracing::debug!(ns = s.ns(), sid = %s.id, transport = ?s.transport_type(), "connected");
-}
-
-/// Runs before the client is told it is connected: authenticates, registers the connection
-/// and its handlers (here rather than in the connect handler, so that an event emitted right
-/// on `connect` finds them).
-async fn authenticate(s: SocketRef, State(ctx): State<Arc<Ctx>>, TryData(auth): TryData<Value>) -> Result<(), Refused> {
-    let identity = match token(&s, auth.ok().as_ref()) {
-        Some(token) => Some(
-            ctx.jwt
-                .verify(&token)
-                .map_err(|e| Refused(format!("unauthorized: {e}")))?,
-        ),
-        None if ctx.allow_register => None,
-        None => return Err(Refused("unauthorized: missing token".into())),
-    };
-    let conn = Arc::new(Conn {
-        // One Engine.IO connection carries a socket per namespace, all with the same sid.
-        id: ConnId(format!("{}:{}:{}", ctx.node_id, s.ns(), s.id)),
-        identity: OnceLock::new(),
-        rate: RateLimiter::new(ctx.rate),
-        order: Sequencer::default(),
-        closer: s
-            .req_parts()
-            .extensions
-            .get::<axum::extract::ConnectInfo<ConnInfo>>()
-            .map(|info| info.0.closer.clone()),
-    });
-    if let Some(who) = identity {
-        s.join(user_room(&who.user_id));
-        ctx.domain
-            .connect(&conn.id, &who)
-            .await
-            .map_err(|e| Refused(format!("{}: {e}", e.code().as_str())))?;
+    /// `register` (seed 000): binds an anonymous connection to a user id.
+    async fn register(&self, socket: &Arc<SioSocket>, payload: &Value) -> Result<Reply, DomainError> {
+        let conn = &socket.conn;
+        if !self.ctx.allow_register {
+            return Err(DomainError::Unauthorized(
+                "register is not enabled on this server (--allow-register)".into(),
+            ));
+        }
+        if conn.identity.get().is_some() {
+            return Err(DomainError::BadRequest("this connection already has a user".into()));
+        }
+        let user_id = inbound::user(payload)?;
+        let who = Identity::registered(user_id.clone());
+        self.join_room(socket, Room::User(user_id.clone()));
+        if let Err(e) = self.ctx.domain.connect(&conn.id, &who).await {
+            self.leave_room(socket, Room::User(user_id.clone()));
+            return Err(e);
+        }
         let _ = conn.identity.set(who);
+        Ok(Reply::Registered { user_id })
     }
-    s.extensions.insert(conn);
-    METRICS.connections.inc();
-    // One handler for every event, looked up in INBOUND: socketioxide keeps a map of boxed
-    // handlers per socket, and sixteen of them cost ~1.7 KB per connection.
-    s.on_fallback(
-        |s: SocketRef,
-         State(ctx): State<Arc<Ctx>>,
-         ack: AckSender,
-         ev: socketioxide::extract::Event,
-         inbound: Inbound| {
-            let admitted = admit(&s);
-            let known = INBOUND.iter().find(|(name, _)| *name == ev.0);
-            let (name, command) = match known {
-                Some((name, command)) => (std::borrow::Cow::Borrowed(*name), Some(*command)),
-                None => (std::borrow::Cow::Owned(ev.0), None),
-            };
-            handle(s, ctx, ack, inbound, admitted, name, command)
-        },
-    );
-    s.on_disconnect(|s: SocketRef, State(ctx): State<Arc<Ctx>>, reason: DisconnectReason| {
-        let conn = s.extensions.get::<Arc<Conn>>();
-        let ticket = conn.as_ref().map(|c| c.order.ticket());
-        async move {
-            let (Some(conn), Some(mut ticket)) = (conn, ticket) else {
-                return;
-            };
-            ticket.wait().await;
-            tracing::debug!(conn = %conn.id, ?reason, "disconnected");
-            METRICS.connections.dec();
-            METRICS.disconnects.with_label_values(&[reason_label(reason)]).inc();
-            ctx.domain.disconnect(&conn.id).await;
-        }
-    });
-    Ok(())
-}
-
-/// The token from the handshake `auth.token`, the `token` query parameter, or
-/// `Authorization: Bearer`.
-fn token(s: &SocketRef, auth: Option<&Value>) -> Option<String> {
-    if let Some(Value::String(t)) = auth.and_then(|a| a.get("token"))
-        && !t.is_empty()
-    {
-        return Some(t.clone());
-    }
-    let parts = s.req_parts();
-    let from_query = axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-        .ok()
-        .and_then(|axum::extract::Query(mut m)| m.remove("token"))
-        .filter(|t| !t.is_empty());
-    if from_query.is_some() {
-        return from_query;
-    }
-    parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-}
-
-/// An event admitted in arrival order: its connection, its place in line, and whether the
-/// rate limit let it through.
-struct Admitted {
-    conn: Option<Arc<Conn>>,
-    ticket: Option<Ticket>,
-    allowed: bool,
-}
-
-/// Runs synchronously as each event arrives, so tickets and tokens are taken in order.
-fn admit(s: &SocketRef) -> Admitted {
-    let conn = s.extensions.get::<Arc<Conn>>();
-    Admitted {
-        ticket: conn.as_ref().map(|c| c.order.ticket()),
-        allowed: conn.as_ref().is_some_and(|c| c.rate.allow()),
-        conn,
-    }
-}
-
-/// Runs one event after the previous one of its connection: rate limit, payload, command,
-/// panic guard, reply. `command` is `None` for an event name we do not know.
-async fn handle(
-    s: SocketRef,
-    ctx: Arc<Ctx>,
-    ack: AckSender,
-    inbound: Inbound,
-    admitted: Admitted,
-    name: std::borrow::Cow<'static, str>,
-    command: Option<Command>,
-) {
-    let (Some(conn), Some(mut ticket)) = (admitted.conn, admitted.ticket) else {
-        return;
-    };
-    ticket.wait().await;
-    let span = tracing::info_span!("sio_event", event = %name, conn = %conn.id);
-    let result = match (admitted.allowed, inbound.payload, command) {
-        (false, _, _) => Err(DomainError::RateLimited),
-        (true, _, None) => Err(DomainError::BadRequest(format!("unknown event '{name}'"))),
-        (true, Err(e), _) => Err(DomainError::BadRequest(format!("unreadable payload: {e}"))),
-        (true, Ok(payload), Some(command)) => AssertUnwindSafe(dispatch(&ctx, &s, &conn, command, payload))
-            .catch_unwind()
-            .instrument(span.clone())
-            .await
-            .unwrap_or_else(|_| {
-                tracing::error!(parent: &span, "event handler panicked");
-                Err(DomainError::Internal)
-            }),
-    };
-    reply(&s, ctx.profile(s.ns()), &name, ack, inbound.wants_ack, result);
-}
-
-/// The one place a command's outcome becomes what the client sees: an ack when it asked
-/// for one, otherwise an `error` event for failures.
-fn reply(
-    s: &SocketRef,
-    profile: &Profile,
-    event: &str,
-    ack: AckSender,
-    wants_ack: bool,
-    result: Result<Reply, DomainError>,
-) {
-    if let Err(e) = &result {
-        METRICS.inbound_errors.with_label_values(&[e.code().as_str()]).inc();
-    }
-    let sent = match (result, wants_ack) {
-        (Ok(body), true) => ack.send(&Success { success: true, body }).map_err(|e| e.to_string()),
-        (Ok(_), false) => Ok(()),
-        (Err(e), true) => ack
-            .send(&Failure {
-                success: false,
-                error: ErrorBody {
-                    code: e.code().as_str(),
-                    message: e.to_string(),
-                    event: None,
-                },
-            })
-            .map_err(|e| e.to_string()),
-        (Err(e), false) => s
-            .emit(
-                profile.error,
-                &ErrorBody {
-                    code: e.code().as_str(),
-                    message: e.to_string(),
-                    event: Some(event),
-                },
-            )
-            .map_err(|e| e.to_string()),
-    };
-    if let Err(e) = sent {
-        tracing::debug!(event, error = %e, "reply not sent");
-    }
-}
-
-async fn dispatch(
-    ctx: &Ctx,
-    s: &SocketRef,
-    conn: &Conn,
-    command: Command,
-    payload: Value,
-) -> Result<Reply, DomainError> {
-    let who = match command {
-        Command::Register => return register(ctx, s, conn, &payload).await,
-        _ => conn
-            .identity
-            .get()
-            .ok_or_else(|| DomainError::Unauthorized("connect with a token or register first".into()))?,
-    };
-    let domain = &ctx.domain;
-    match command {
-        Command::Register => Err(DomainError::Internal),
-        Command::Join => {
-            let conversation = inbound::conversation(&payload)?;
-            let last_seq = inbound::last_seq(&payload)?;
-            let joined = domain.join(&conn.id, who, &conversation, last_seq).await?;
-            s.join(conversation_room(&conversation));
-            if let Some(name) = ctx.profile(s.ns()).join_confirmation {
-                let confirmation = JoinConfirmation {
-                    conversation_id: &conversation,
-                    online_users: &joined.online_users,
-                };
-                s.emit(name, &confirmation).ok();
-            }
-            let (missed, has_more) = match joined.missed {
-                Some(page) => (Some(page.messages), Some(page.has_more)),
-                None => (None, None),
-            };
-            Ok(Reply::Joined {
-                message: format!("Joined conversation {conversation}"),
-                conversation_id: conversation,
-                online_users: joined.online_users,
-                missed,
-                has_more,
-            })
-        }
-        Command::Leave => {
-            let conversation = inbound::conversation(&payload)?;
-            domain.leave(&conn.id, who, &conversation).await?;
-            s.leave(conversation_room(&conversation));
-            Ok(Reply::Left {
-                conversation_id: conversation,
-            })
-        }
-        Command::TypingStart | Command::TypingStop => {
-            let conversation = inbound::conversation(&payload)?;
-            domain
-                .typing(who, &conversation, command == Command::TypingStart)
-                .await?;
-            Ok(Reply::Done {})
-        }
-        Command::Typing => {
-            let (conversation, is_typing) = inbound::typing(&payload)?;
-            domain.typing(who, &conversation, is_typing).await?;
-            Ok(Reply::Done {})
-        }
-        Command::Status => {
-            let status = domain.set_status(who, inbound::status(&payload)?).await?;
-            Ok(Reply::Status { status })
-        }
-        Command::OnlineUsers => {
-            let conversation = inbound::conversation(&payload)?;
-            let online_users = domain.conversation_online(Some(who), &conversation).await?;
-            Ok(Reply::Online { online_users })
-        }
-        Command::Send => {
-            let sent = domain.send(who, inbound::send(&payload)?).await?;
-            if let Some(name) = ctx.profile(s.ns()).send_confirmation {
-                let confirmation = SendConfirmation {
-                    temp_id: sent.message.temp_id.as_deref(),
-                    message: &sent.message,
-                };
-                s.emit(name, &confirmation).ok();
-            }
-            Ok(Reply::Sent { message: sent.message })
-        }
-        Command::Delivered | Command::Read => {
-            let status = match command {
-                Command::Read => ReceiptStatus::Read,
-                _ => ReceiptStatus::Delivered,
-            };
-            domain.receipt(who, &inbound::message_id(&payload)?, status).await?;
-            Ok(Reply::Done {})
-        }
-        Command::ReadAll => {
-            domain.mark_all_read(who, &inbound::conversations(&payload)?).await?;
-            Ok(Reply::Done {})
-        }
-        Command::ReactionAdd | Command::ReactionRemove => {
-            let (message_id, reaction) = inbound::reaction(&payload)?;
-            domain
-                .react(who, &message_id, &reaction, command == Command::ReactionAdd)
-                .await?;
-            Ok(Reply::Done {})
-        }
-        Command::History => {
-            let page = domain.history(Some(who), inbound::history(&payload)?).await?;
-            Ok(Reply::History {
-                messages: page.messages,
-                has_more: page.has_more,
-            })
-        }
-    }
-}
-
-/// `register` (seed 000): binds an anonymous connection to a user id.
-async fn register(ctx: &Ctx, s: &SocketRef, conn: &Conn, payload: &Value) -> Result<Reply, DomainError> {
-    if !ctx.allow_register {
-        return Err(DomainError::Unauthorized(
-            "register is not enabled on this server (--allow-register)".into(),
-        ));
-    }
-    if conn.identity.get().is_some() {
-        return Err(DomainError::BadRequest("this connection already has a user".into()));
-    }
-    let user_id = inbound::user(payload)?;
-    let who = Identity::registered(user_id.clone());
-    s.join(user_room(&user_id));
-    if let Err(e) = ctx.domain.connect(&conn.id, &who).await {
-        s.leave(user_room(&user_id));
-        return Err(e);
-    }
-    let _ = conn.identity.set(who);
-    Ok(Reply::Registered { user_id })
 }

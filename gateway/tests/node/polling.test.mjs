@@ -59,3 +59,55 @@ test('polling: a bad token is refused with connect_error "unauthorized: …"', a
     },
   );
 });
+
+test("polling → websocket upgrade (socket.io-client's default): nothing lost or doubled across the switch", async (t) => {
+  // The default client starts on polling and probes a WebSocket at once.
+  const alice = await client(t, node.url, '/', {
+    transports: ['polling', 'websocket'],
+    auth: { token: token({ sub: 'up-alice' }) },
+  });
+  const bob = await client(t, node.url, '/', { auth: { token: token({ sub: 'up-bob' }) } });
+  await emitAck(alice, 'room:join', { roomId: 'up-room' });
+  await emitAck(bob, 'room:join', { roomId: 'up-room' });
+
+  // Events emitted by the server while the upgrade may be under way arrive once, in order.
+  const seen = [];
+  alice.on('n', (m) => seen.push(m.i));
+  for (let i = 0; i < 20; i++) {
+    const r = await http('POST', `${node.url}/api/conversations/up-room/emit`, { event: 'n', data: { i } });
+    assert.equal(r.status, 200, r.text);
+  }
+  const engine = alice.io.engine;
+  if (engine.transport.name !== 'websocket') await new Promise((resolve) => engine.once('upgrade', resolve));
+  assert.equal(engine.transport.name, 'websocket');
+  const deadline = Date.now() + 3_000;
+  while (seen.length < 20 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(seen, Array.from({ length: 20 }, (_, i) => i));
+
+  // After the switch, both directions still work on the same session.
+  alice.emit('typing:start', { conversationId: 'up-room' });
+  assert.deepEqual(await once(bob, 'typing:user'), { conversationId: 'up-room', userId: 'up-alice', isTyping: true });
+  const ack = await emitAck(alice, 'conversation:users:online', { conversationId: 'up-room' });
+  assert.deepEqual([...ack.onlineUsers].sort(), ['up-alice', 'up-bob']);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(seen.length, 20, 'no event delivered twice');
+});
+
+test('engine.io errors: unknown sid, unknown transport, old protocol version', async () => {
+  const base = `${node.url}/socket.io/`;
+  const unknown = await http('GET', `${base}?EIO=4&transport=polling&sid=nope`);
+  assert.equal(unknown.status, 400);
+  assert.deepEqual(JSON.parse(unknown.text), { code: 1, message: 'Session ID unknown' });
+  const transport = await http('GET', `${base}?EIO=4&transport=carrier-pigeon`);
+  assert.deepEqual([transport.status, JSON.parse(transport.text).code], [400, 0]);
+  const old = await http('GET', `${base}?EIO=3&transport=polling`);
+  assert.deepEqual([old.status, JSON.parse(old.text).code], [400, 5]);
+  // A handshake answers the open packet with the heartbeat the node keeps.
+  const open = await http('GET', `${base}?EIO=4&transport=polling`);
+  assert.equal(open.status, 200);
+  const packet = JSON.parse(open.text.slice(1));
+  assert.equal(open.text[0], '0');
+  assert.deepEqual(packet.upgrades, ['websocket']);
+  assert.equal(typeof packet.sid, 'string');
+  assert.ok(packet.pingInterval > 0 && packet.pingTimeout > 0 && packet.maxPayload > 0, open.text);
+});
