@@ -11,9 +11,9 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Open Phoenix sockets.
     pub phoenix_connections: IntGauge,
-    /// Connections closed, by reason. Socket.IO: `transport_close`, `heartbeat_timeout` (which
-    /// includes consumers whose outbound queue stayed full), `server_disconnect`,
-    /// `client_disconnect`, …; Phoenix: `client_close`, `idle_timeout`, `slow_consumer`,
+    /// Connections closed, by reason. Socket.IO: `transport_close`, `transport_error`,
+    /// `heartbeat_timeout`, `slow_consumer`, `message_too_big`, `server_disconnect`,
+    /// `client_disconnect`, `closing_server`; Phoenix: `client_close`, `idle_timeout`, `slow_consumer`,
     /// `server_close`, `transport_close`.
     pub disconnects: IntCounterVec,
     /// Frames not written because a connection's outbound queue was full.

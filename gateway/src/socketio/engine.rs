@@ -7,7 +7,7 @@
 //! once is queued, up to `max_queue` packets, beyond which the client is a slow consumer and
 //! is closed. A polling session is a heartbeat task plus the requests that poll it.
 
-use super::packet::{self, EnginePacket};
+use super::packet::{self, EnginePacket, Packet};
 use super::ws;
 use crate::metrics::METRICS;
 use crate::net::ConnInfo;
@@ -23,7 +23,7 @@ use bytes::Bytes;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -132,7 +132,7 @@ struct Heartbeat {
 struct Inner {
     transport: Transport,
     /// Packets not yet written (WebSocket) or not yet polled (polling).
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Packet>,
     /// Bytes of the first queued packet's frame already written.
     written: usize,
     closing: Option<Closing>,
@@ -190,7 +190,7 @@ impl<D> Session<D> {
 
     /// Sends one Engine.IO text packet: written to the socket at once when nothing waits
     /// before it, queued otherwise. A full queue closes the session (slow consumer).
-    pub fn send(&self, packet: Bytes) {
+    pub fn send(&self, packet: Packet) {
         let mut st = self.state();
         if st.closing.is_some() {
             return;
@@ -198,10 +198,9 @@ impl<D> Session<D> {
         if let Transport::WebSocket(tcp) = &st.transport
             && st.queue.is_empty()
         {
-            let header = ws::Header::new(ws::OP_TEXT, packet.len());
-            let total = header.as_bytes().len() + packet.len();
-            match tcp.try_write_vectored(&[IoSlice::new(header.as_bytes()), IoSlice::new(&packet)]) {
-                Ok(n) if n == total => return,
+            let frame = packet.frame();
+            match write(tcp, frame) {
+                Ok(n) if n == frame.len() => return,
                 Ok(n) => st.written = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.written = 0,
                 Err(_) => {
@@ -287,7 +286,7 @@ impl<D> Session<D> {
         st.heartbeat.next = now + settings.ping_timeout;
         let next = st.heartbeat.next;
         drop(st);
-        self.send(Bytes::from_static(b"2"));
+        self.send(Packet::new(b"2"));
         Ok(next)
     }
 }
@@ -326,7 +325,7 @@ impl<D: Default + Send + Sync + 'static> Engine<D> {
     }
 
     /// The open packet: the session's id and the heartbeat the client must keep.
-    fn open_packet(&self, sid: &str, upgrades: &[&str]) -> Bytes {
+    fn open_packet(&self, sid: &str, upgrades: &[&str]) -> Packet {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct Open<'a> {
@@ -346,7 +345,7 @@ impl<D: Default + Send + Sync + 'static> Engine<D> {
         };
         // Strings and numbers always serialize.
         let _ = serde_json::to_writer(&mut out, &open);
-        out.into()
+        Packet::new(&out)
     }
 }
 
@@ -398,13 +397,13 @@ fn refuse(code: u8, message: &'static str) -> Response {
     (StatusCode::BAD_REQUEST, axum::Json(Refusal { code, message })).into_response()
 }
 
-fn text(body: Bytes) -> Response {
+fn text(body: impl Into<Bytes>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=UTF-8"),
         )],
-        body,
+        body.into(),
     )
         .into_response()
 }
@@ -459,7 +458,7 @@ async fn on_get<H: Handler>(
             let session = h.engine().open(token, Transport::Polling);
             let open = h.engine().open_packet(&session.sid, &["websocket"]);
             tokio::spawn(poll_heartbeat(h.clone(), session));
-            text(open)
+            text(open.text().to_vec())
         }
         (false, Some(sid)) => match h.engine().get(sid) {
             Some(session) => poll(&h, &session).await,
@@ -538,24 +537,24 @@ async fn poll<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>) -> Respon
                 let mut body: Vec<u8> = Vec::new();
                 if matches!(closing, Closing::Flush(_)) {
                     for p in st.queue.drain(..) {
-                        body.extend_from_slice(&p);
+                        body.extend_from_slice(p.text());
                         body.push(SEPARATOR);
                     }
                 }
                 body.push(b'1');
                 drop(st);
                 finish(h, session, closing.reason());
-                return text(body.into());
+                return text(body);
             }
             if !st.queue.is_empty() {
-                let mut body = Vec::with_capacity(st.queue.iter().map(|p| p.len() + 1).sum());
+                let mut body = Vec::with_capacity(st.queue.iter().map(|p| p.text().len() + 1).sum());
                 for (i, p) in st.queue.drain(..).enumerate() {
                     if i > 0 {
                         body.push(SEPARATOR);
                     }
-                    body.extend_from_slice(&p);
+                    body.extend_from_slice(p.text());
                 }
-                return text(body.into());
+                return text(body);
             }
             if st.upgrading {
                 return text(Bytes::from_static(b"6"));
@@ -759,6 +758,14 @@ fn frames<H: Handler>(
     outcome
 }
 
+/// One `send(2)`, without waiting: through tokio, so that a full socket clears the
+/// write readiness the session's task then waits on.
+fn write(tcp: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    tcp.try_io(tokio::io::Interest::WRITABLE, || {
+        socket2::SockRef::from(tcp).send(bytes)
+    })
+}
+
 /// Writes a control frame, best effort: only between two data frames (never inside a
 /// partly written one), and dropped when the socket would block.
 fn write_control<D>(session: &Session<D>, tcp: &TcpStream, frame: &[u8]) {
@@ -806,17 +813,10 @@ fn flush<D>(session: &Session<D>, tcp: &TcpStream) -> Result<Flushed, CloseReaso
         let Some(packet) = st.queue.front() else {
             return Ok(Flushed::Empty);
         };
-        let header = ws::Header::new(ws::OP_TEXT, packet.len());
-        let h = header.as_bytes();
-        let total = h.len() + packet.len();
+        let frame = packet.frame();
         let written = st.written;
-        let slices = if written < h.len() {
-            [IoSlice::new(&h[written..]), IoSlice::new(packet)]
-        } else {
-            [IoSlice::new(&packet[written - h.len()..]), IoSlice::new(&[])]
-        };
-        match tcp.try_write_vectored(&slices) {
-            Ok(n) if written + n == total => {
+        match write(tcp, &frame[written..]) {
+            Ok(n) if written + n == frame.len() => {
                 st.queue.pop_front();
                 st.written = 0;
             }

@@ -1,7 +1,10 @@
 //! Engine.IO v4 and Socket.IO v5 packets as text, the same on both transports: parsing what
 //! clients send, and encoding what the node sends. Outbound packets are whole Engine.IO
-//! packets (`4` + the Socket.IO packet), built once and shared by every recipient.
+//! packets (`4` + the Socket.IO packet), built once with their WebSocket frame header in front
+//! and shared by every recipient: a WebSocket session writes the frame as it is, a polling
+//! session the text after the header.
 
+use super::ws;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -145,9 +148,53 @@ pub fn event_args(data: &str) -> Result<(String, Value), PacketError> {
     Ok((name, first))
 }
 
+/// Room left in front of a packet's text for the longest WebSocket frame header.
+const HEADER_ROOM: usize = 10;
+
+/// An outbound Engine.IO packet as a whole WebSocket text frame; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Packet {
+    frame: Bytes,
+    /// Where the text starts (the frame header's length).
+    text_at: u8,
+}
+
+impl Packet {
+    /// A packet from its text.
+    pub fn new(text: &[u8]) -> Self {
+        let mut out = Vec::with_capacity(HEADER_ROOM + text.len());
+        out.extend_from_slice(&[0; HEADER_ROOM]);
+        out.extend_from_slice(text);
+        Self::framed(out)
+    }
+
+    /// `out` is `HEADER_ROOM` bytes, then the text: the header is written just before it.
+    fn framed(mut out: Vec<u8>) -> Self {
+        let header = ws::Header::new(ws::OP_TEXT, out.len() - HEADER_ROOM);
+        let header = header.as_bytes();
+        let start = HEADER_ROOM - header.len();
+        out[start..HEADER_ROOM].copy_from_slice(header);
+        Self {
+            frame: Bytes::from(out).slice(start..),
+            text_at: header.len() as u8,
+        }
+    }
+
+    /// The whole WebSocket frame.
+    pub fn frame(&self) -> &[u8] {
+        &self.frame
+    }
+
+    /// The Engine.IO text, for polling.
+    pub fn text(&self) -> &[u8] {
+        &self.frame[usize::from(self.text_at)..]
+    }
+}
+
 /// Starts an outbound packet: `4`, the Socket.IO type digit, and the namespace unless `/`.
 fn header(kind: u8, ns: &str, capacity: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(capacity + ns.len() + 4);
+    let mut out = Vec::with_capacity(HEADER_ROOM + capacity + ns.len() + 4);
+    out.extend_from_slice(&[0; HEADER_ROOM]);
     out.push(b'4');
     out.push(kind);
     if ns != "/" {
@@ -158,28 +205,28 @@ fn header(kind: u8, ns: &str, capacity: usize) -> Vec<u8> {
 }
 
 /// `42[name, payload]`: an event.
-pub fn event(ns: &str, name: &str, payload: &impl Serialize) -> Result<Bytes, serde_json::Error> {
+pub fn event(ns: &str, name: &str, payload: &impl Serialize) -> Result<Packet, serde_json::Error> {
     let mut out = header(b'2', ns, 128);
     out.push(b'[');
     serde_json::to_writer(&mut out, name)?;
     out.push(b',');
     serde_json::to_writer(&mut out, payload)?;
     out.push(b']');
-    Ok(out.into())
+    Ok(Packet::framed(out))
 }
 
 /// `43<id>[payload]`: the answer to an event that asked for one.
-pub fn ack(ns: &str, id: i64, payload: &impl Serialize) -> Result<Bytes, serde_json::Error> {
+pub fn ack(ns: &str, id: i64, payload: &impl Serialize) -> Result<Packet, serde_json::Error> {
     let mut out = header(b'3', ns, 128);
     out.extend_from_slice(id.to_string().as_bytes());
     out.push(b'[');
     serde_json::to_writer(&mut out, payload)?;
     out.push(b']');
-    Ok(out.into())
+    Ok(Packet::framed(out))
 }
 
 /// `40{"sid":…}`: the namespace is connected.
-pub fn connected(ns: &str, sid: &str) -> Bytes {
+pub fn connected(ns: &str, sid: &str) -> Packet {
     #[derive(Serialize)]
     struct Sid<'a> {
         sid: &'a str,
@@ -187,23 +234,23 @@ pub fn connected(ns: &str, sid: &str) -> Bytes {
     let mut out = header(b'0', ns, 32);
     // A struct of one string always serializes.
     let _ = serde_json::to_writer(&mut out, &Sid { sid });
-    out.into()
+    Packet::framed(out)
 }
 
 /// `44{"message":…}`: the namespace connection is refused.
-pub fn connect_error(ns: &str, message: &str) -> Bytes {
+pub fn connect_error(ns: &str, message: &str) -> Packet {
     #[derive(Serialize)]
     struct Refusal<'a> {
         message: &'a str,
     }
     let mut out = header(b'4', ns, 64);
     let _ = serde_json::to_writer(&mut out, &Refusal { message });
-    out.into()
+    Packet::framed(out)
 }
 
 /// `41`: the server closes the namespace (the client does not reconnect).
-pub fn disconnect(ns: &str) -> Bytes {
-    header(b'1', ns, 0).into()
+pub fn disconnect(ns: &str) -> Packet {
+    Packet::framed(header(b'1', ns, 0))
 }
 
 #[cfg(test)]
@@ -261,12 +308,16 @@ mod tests {
 
     #[test]
     fn writes_packets() -> Result<(), serde_json::Error> {
-        assert_eq!(&event("/", "a", &json!({"b": 1}))?[..], b"42[\"a\",{\"b\":1}]");
-        assert_eq!(&event("/chat", "a", &1)?[..], b"42/chat,[\"a\",1]");
-        assert_eq!(&ack("/", 3, &json!({"ok": true}))?[..], b"433[{\"ok\":true}]");
-        assert_eq!(&connected("/", "x")[..], b"40{\"sid\":\"x\"}");
-        assert_eq!(&connect_error("/chat", "no")[..], b"44/chat,{\"message\":\"no\"}");
-        assert_eq!(&disconnect("/")[..], b"41");
+        assert_eq!(event("/", "a", &json!({"b": 1}))?.text(), b"42[\"a\",{\"b\":1}]");
+        assert_eq!(event("/chat", "a", &1)?.text(), b"42/chat,[\"a\",1]");
+        assert_eq!(ack("/", 3, &json!({"ok": true}))?.text(), b"433[{\"ok\":true}]");
+        assert_eq!(connected("/", "x").text(), b"40{\"sid\":\"x\"}");
+        assert_eq!(connect_error("/chat", "no").text(), b"44/chat,{\"message\":\"no\"}");
+        assert_eq!(disconnect("/").frame(), b"\x81\x0241");
+        // Frames carry the shortest header for their length.
+        let long = event("/", "a", &"x".repeat(200))?;
+        assert_eq!(&long.frame()[..4], [0x81, 126, 0, long.text().len() as u8]);
+        assert_eq!(long.frame().len(), long.text().len() + 4);
         Ok(())
     }
 }
