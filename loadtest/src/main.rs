@@ -501,31 +501,10 @@ impl Proc {
 }
 
 fn cpu_ticks_of(path: &str) -> Result<u64> {
-    let stat = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces: field 3
-    // (state) is index 0, so utime (14) and stime (15) are indices 11 and 12.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("bad {path}"))
-    };
-    Ok(get(11)? + get(12)?)
+    loadtest::cpu_ticks(path).ok_or_else(|| anyhow!("cannot read CPU time from {path}"))
 }
 
-/// Clock ticks per second, from `getconf CLK_TCK` (100 on Linux).
-fn clock_ticks_per_s() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(100)
-}
+use loadtest::clock_ticks_per_s;
 
 /// The machine's CPU time from the `cpu` line of /proc/stat, in clock ticks: (busy, softirq,
 /// total), all CPUs. Busy counts everything but idle and iowait, kernel threads included

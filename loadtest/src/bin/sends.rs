@@ -80,12 +80,7 @@ struct CpuReport {
 
 /// utime + stime of `/proc/<pid>/stat`, in clock ticks.
 fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: after it, utime and stime are
-    // the 12th and 13th fields.
-    let (_, after) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    loadtest::cpu_ticks(&format!("/proc/{pid}/stat"))
 }
 
 /// Per process named `name`: its CPU ticks. Processes started during the window count from
@@ -124,14 +119,7 @@ fn machine_ticks() -> (u64, u64) {
 }
 
 fn clock_ticks_per_s() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|n| *n > 0.0)
-        .unwrap_or(100.0)
+    loadtest::clock_ticks_per_s() as f64
 }
 
 fn loadavg() -> String {
