@@ -39,6 +39,8 @@ const SEPARATOR: u8 = 0x1e;
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing WebSocket may take to write what is queued before it.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// Queued frames written by one system call.
+const FLUSH_BATCH: usize = 64;
 /// Bytes read from a socket per system call.
 const READ_CHUNK: usize = 4096;
 
@@ -174,7 +176,10 @@ impl<D> Session<D> {
                 upgrading: false,
                 polling: false,
                 heartbeat: Heartbeat {
-                    next: Instant::now() + settings.ping_interval,
+                    // The first ping comes after half to all of the interval, at random:
+                    // clients that connected together (a reconnect storm, a load test) would
+                    // otherwise be pinged together, every interval, for as long as they stay.
+                    next: Instant::now() + settings.ping_interval.mul_f64(rand::random_range(0.5..=1.0)),
                     awaiting_pong: false,
                 },
             }),
@@ -810,17 +815,34 @@ enum Flushed {
 fn flush<D>(session: &Session<D>, tcp: &TcpStream) -> Result<Flushed, CloseReason> {
     let mut st = session.state();
     loop {
-        let Some(packet) = st.queue.front() else {
+        if st.queue.is_empty() {
             return Ok(Flushed::Empty);
-        };
-        let frame = packet.frame();
+        }
+        // What waited goes out together: one writev for up to FLUSH_BATCH frames, so a
+        // consumer that fell behind costs fewer system calls per frame, not more.
         let written = st.written;
-        match write(tcp, &frame[written..]) {
-            Ok(n) if written + n == frame.len() => {
-                st.queue.pop_front();
+        let mut slices = [io::IoSlice::new(&[]); FLUSH_BATCH];
+        let mut count = 0;
+        for (slot, packet) in slices.iter_mut().zip(st.queue.iter()) {
+            let frame = packet.frame();
+            *slot = io::IoSlice::new(if count == 0 { &frame[written..] } else { frame });
+            count += 1;
+        }
+        match tcp.try_write_vectored(&slices[..count]) {
+            Ok(0) => return Err(CloseReason::TransportError),
+            Ok(mut n) => {
+                n += written;
                 st.written = 0;
+                while let Some(front) = st.queue.front() {
+                    let len = front.frame().len();
+                    if n < len {
+                        st.written = n;
+                        break;
+                    }
+                    n -= len;
+                    st.queue.pop_front();
+                }
             }
-            Ok(n) => st.written = written + n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Err(CloseReason::TransportError),
