@@ -21,6 +21,8 @@
 #   OUT=loadtest/results/<time>   where results.jsonl, summary.json and logs go
 #   MAX_OUTBOUND_QUEUE=4096   --max-outbound-queue for the fan-out scenarios (a, b, c)
 #   RAMP=10,25,50,75,100,150,200,300,400,500,700,1000   scenario b's rates (msg/s)
+#   NODE_WORKERS=1            --worker-threads per node: two nodes share the 2 cores, one
+#                             core's worth each, as two 1-CPU pods would
 #   NODE_ARGS=                extra flags for both nodes (e.g. to try a tuning)
 #   IDLE_WAIT=300 IDLE_MIN=80 before each run, wait up to IDLE_WAIT s for the machine to be
 #                             IDLE_MIN % idle over 3 s (shared machines); 0 = do not wait
@@ -34,6 +36,7 @@ RUNS_B="${RUNS_B:-3}"
 MAX_OUTBOUND_QUEUE="${MAX_OUTBOUND_QUEUE:-4096}"
 RAMP="${RAMP:-10,25,50,75,100,150,200,300,400,500,700,1000}"
 NODE_ARGS="${NODE_ARGS:-}"
+NODE_WORKERS="${NODE_WORKERS:-1}"
 IDLE_WAIT="${IDLE_WAIT:-300}"
 IDLE_MIN="${IDLE_MIN:-80}"
 OUT="${OUT:-$here/results/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -133,7 +136,8 @@ start_cluster() {
     # shellcheck disable=SC2086 # NODE_ARGS is a list of flags
     "$SWITCHBOARD_BIN" serve --listen 127.0.0.1:0 --jwt-secret "$SECRET" --access open \
       --api-key "$API_KEY" --redis-url "redis://127.0.0.1:$port" --redis-prefix bench \
-      --node-id "$id" --log warn --rate-limit 100000/s,burst=100000 "$@" $NODE_ARGS \
+      --node-id "$id" --log warn --rate-limit 100000/s,burst=100000 --worker-threads "$NODE_WORKERS" \
+      "$@" $NODE_ARGS \
       >"$dir/node$id.out" 2>"$dir/node$id.err" &
     local pid=$!
     NODES+=("$pid")

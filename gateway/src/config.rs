@@ -215,6 +215,11 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub shutdown_grace: Option<String>,
 
+    /// Threads that run connections and requests [default: the CPUs this process may use]
+    #[arg(long, global = true, env = "SWITCHBOARD_WORKER_THREADS", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
+    pub worker_threads: Option<String>,
+
     /// Outbound vocabulary per Socket.IO namespace, e.g. /=bam; entries replace the defaults
     /// for the namespaces they name [default: /=alt,/chat=chat]
     #[arg(
@@ -418,6 +423,8 @@ pub struct Config {
     pub phoenix_idle_timeout: Duration,
     /// Longest SIGTERM drain.
     pub shutdown_grace: Duration,
+    /// Runtime worker threads; `None`: one per CPU this process may use.
+    pub worker_threads: Option<usize>,
     /// Development mode (prints a token and a curl line at start).
     pub dev: Option<DevCredentials>,
     /// Log format.
@@ -573,6 +580,17 @@ impl Config {
                 o.phoenix_idle_timeout.as_deref().unwrap_or("60s"),
             )?,
             shutdown_grace: parse_duration("shutdown-grace", o.shutdown_grace.as_deref().unwrap_or("30s"))?,
+            worker_threads: o
+                .worker_threads
+                .as_deref()
+                .map(|n| {
+                    n.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=1024).contains(n))
+                        .ok_or_else(|| invalid("worker-threads", "expected a whole number from 1 to 1024"))
+                })
+                .transpose()?,
             dev,
             log_format,
         })
@@ -806,6 +824,8 @@ mod tests {
             ),
             ("--cors-origins", opts(|o| o.cors_origins = Some("example.com".into()))),
             ("--presence-ttl", opts(|o| o.presence_ttl = Some("soon".into()))),
+            ("--worker-threads", opts(|o| o.worker_threads = Some("0".into()))),
+            ("--worker-threads", opts(|o| o.worker_threads = Some("many".into()))),
             ("--jwt-secret", opts(|o| o.jwt_secret = Some(String::new()))),
         ];
         for (flag, o) in cases {
