@@ -44,7 +44,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many batches a drain closes client transports in.
 const DRAIN_BATCHES: usize = 10;
 
-/// The fan-out's load, measured over windows of this length.
+/// The fan-out's load, measured over windows of this length: short, so that an overload is
+/// answered within a few of them.
 const PRESSURE_WINDOW: Duration = Duration::from_millis(20);
 /// Share of a window spent fanning out above which frames are queued for each session's
 /// task to write in batches, and below which they are written straight again.
@@ -875,20 +876,21 @@ mod tests {
     async fn pressure_batches_above_high_and_stops_below_low() {
         let p = Pressure::new();
         assert!(!p.batching(), "an idle node writes straight");
-        // 15 ms of fan-out in a 20 ms window: 75 % > HIGH.
-        p.record(Duration::from_millis(15));
+        let share = |f: f64| PRESSURE_WINDOW.mul_f64(f);
+        // 90 % of a window spent fanning out: above HIGH.
+        p.record(share(0.9));
         tokio::time::advance(PRESSURE_WINDOW).await;
         assert!(p.batching());
-        // 10 ms of 20: 50 %, between LOW and HIGH: batching holds (hysteresis).
-        p.record(Duration::from_millis(10));
+        // Between LOW and HIGH: batching holds (hysteresis).
+        p.record(share((PRESSURE_LOW + PRESSURE_HIGH) / 2.0));
         tokio::time::advance(PRESSURE_WINDOW).await;
         assert!(p.batching());
-        // 4 ms of 20: 20 % < LOW: straight writes again.
-        p.record(Duration::from_millis(4));
+        // Below LOW: straight writes again.
+        p.record(share(PRESSURE_LOW / 2.0));
         tokio::time::advance(PRESSURE_WINDOW).await;
         assert!(!p.batching());
         // A window still open keeps the decision.
-        p.record(Duration::from_millis(19));
+        p.record(share(0.95));
         tokio::time::advance(PRESSURE_WINDOW / 2).await;
         assert!(!p.batching());
     }
