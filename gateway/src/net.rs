@@ -1,6 +1,7 @@
-//! Accepted TCP connections that the node can close from outside: a drain closes each
-//! client's transport itself, so that clients see a lost connection and reconnect by
-//! themselves (a Socket.IO disconnect packet would tell them not to).
+//! Accepted TCP connections whose stream handlers can reach: after a WebSocket upgrade the
+//! Socket.IO transport reads and writes the stream itself (hyper hands it over wrapped in
+//! types that cannot be unwrapped), and shuts it down to close it — which is how a drain makes
+//! clients see a lost connection and reconnect by themselves.
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
@@ -13,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A TCP listener whose connections carry a [`Closer`].
+/// A TCP listener whose connections' streams are shared with [`ConnInfo`].
 pub struct ClosableListener {
     inner: TcpListener,
 }
@@ -51,44 +52,23 @@ impl Listener for ClosableListener {
     }
 }
 
-/// An accepted connection; the stream is shared with its [`Closer`].
+/// An accepted connection; the stream is shared with its [`ConnInfo`].
 pub struct ClosableStream(Arc<TcpStream>);
-
-/// Closes one accepted connection from outside: readers see end of stream at once.
-#[derive(Clone, Debug)]
-pub struct Closer(Arc<TcpStream>);
-
-impl Closer {
-    /// Whether both close the same connection.
-    pub fn same(&self, other: &Closer) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-
-    /// The connection itself, for a transport that reads and writes it after an upgrade.
-    pub fn stream(&self) -> Arc<TcpStream> {
-        self.0.clone()
-    }
-
-    /// Shuts the connection down in both directions.
-    pub fn close(&self) {
-        let _ = SockRef::from(self.0.as_ref()).shutdown(Shutdown::Both);
-    }
-}
 
 /// What handlers learn about the connection a request came on.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     /// The peer.
     pub remote: SocketAddr,
-    /// Closes the connection.
-    pub closer: Closer,
+    /// The connection itself.
+    pub stream: Arc<TcpStream>,
 }
 
 impl Connected<IncomingStream<'_, ClosableListener>> for ConnInfo {
     fn connect_info(stream: IncomingStream<'_, ClosableListener>) -> Self {
         Self {
             remote: *stream.remote_addr(),
-            closer: Closer(stream.io().0.clone()),
+            stream: stream.io().0.clone(),
         }
     }
 }

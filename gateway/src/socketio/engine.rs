@@ -655,7 +655,7 @@ fn upgrade<H: Handler>(
     let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return refuse(3, "Bad request");
     };
-    let tcp = info.closer.stream();
+    let tcp = info.stream.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
