@@ -199,6 +199,15 @@ pub fn parse_claim(kv: &str) -> Result<(String, Value), String> {
     Ok((k.to_owned(), value))
 }
 
+/// The token in an `Authorization` header value (`Bearer …`, either case of the scheme).
+pub fn bearer(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Identity {

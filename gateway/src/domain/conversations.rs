@@ -66,8 +66,11 @@ impl Domain {
     /// their conversations in `members` mode, the plain ids of their claim in `claims` mode
     /// (patterns name no conversation), none in `open` mode. The node receives those
     /// conversations' events until [`Domain::unwatch`]; conversations the user joins later are
-    /// heard of from the next watch.
-    pub async fn watch(&self, who: &Identity) -> Result<Vec<ConversationId>, DomainError> {
+    /// heard of from the next watch. Only `user` may watch their own conversations.
+    pub async fn watch(&self, who: &Identity, user: &UserId) -> Result<Vec<ConversationId>, DomainError> {
+        if who.user_id != *user {
+            return Err(DomainError::Forbidden("only that user may join".into()));
+        }
         let conversations: Vec<ConversationId> = match self.access.mode() {
             AccessMode::Members => self.conversations.conversations_of(&who.user_id).await?,
             AccessMode::Claims => who

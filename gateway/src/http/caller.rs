@@ -45,9 +45,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        let presented = header("x-api-key").or_else(|| {
-            header("authorization").and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-        });
+        let presented = header("x-api-key").or_else(|| header("authorization").and_then(crate::auth::bearer));
         let Some(credential) = presented.filter(|c| !c.is_empty()) else {
             let loopback = parts
                 .extensions

@@ -226,14 +226,13 @@ impl Worker {
             ));
         }
         let response = match &kind {
-            TopicKind::User(user) if *user == self.who.user_id => {
-                self.watched = self.adapter.domain.watch(&self.who).await?;
+            TopicKind::User(user) => {
+                self.watched = self.adapter.domain.watch(&self.who, user).await?;
                 for conversation in &self.watched {
                     self.adapter.registry.watchers.add(conversation.clone(), &self.handle);
                 }
                 serde_json::json!({})
             }
-            TopicKind::User(_) => return Err(DomainError::Forbidden("only that user may join".into())),
             TopicKind::Conversation(conversation) => {
                 let last_seq = inbound::last_seq(&translate(payload, None))?;
                 let domain = &self.adapter.domain;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -307,7 +307,8 @@ impl<D> Session<D> {
         st.heartbeat.next = now + settings.ping_timeout;
         let next = st.heartbeat.next;
         drop(st);
-        self.send(Packet::new(b"2"));
+        static PING: LazyLock<Packet> = LazyLock::new(|| Packet::new(b"2"));
+        self.send(PING.clone());
         Ok(next)
     }
 }
@@ -456,9 +457,7 @@ fn handshake_token(q: &EngineQuery, headers: &HeaderMap) -> Option<Box<str>> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(crate::auth::bearer)
         .map(Into::into)
 }
 

@@ -321,7 +321,8 @@ pub struct SocketIoAdapter {
     engine: Engine<SioSession>,
     namespaces: Vec<(String, &'static Profile)>,
     ctx: Ctx,
-    rooms: Index<(u8, Room), SioSocket>,
+    /// Per namespace (in `namespaces` order): sockets by room.
+    rooms: Vec<Index<Room, SioSocket>>,
     next_key: AtomicU64,
     pressure: Pressure,
 }
@@ -346,6 +347,7 @@ impl SocketIoAdapter {
                 max_payload: usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX),
                 max_queue: config.socketio.max_outbound_queue,
             }),
+            rooms: namespaces.iter().map(|_| Index::default()).collect(),
             namespaces,
             ctx: Ctx {
                 domain,
@@ -354,7 +356,6 @@ impl SocketIoAdapter {
                 rate: config.socketio.rate_limit,
                 node_id: config.node_id.clone(),
             },
-            rooms: Index::default(),
             next_key: AtomicU64::new(1),
             pressure: Pressure::new(),
         }))
@@ -375,11 +376,16 @@ impl SocketIoAdapter {
         self.namespaces.get(usize::from(ns)).map_or(&profile::ALT, |(_, p)| *p)
     }
 
+    fn room_index(&self, ns: u8) -> &Index<Room, SioSocket> {
+        // `ns` is always a position in `namespaces`, which `rooms` follows.
+        &self.rooms[usize::from(ns)]
+    }
+
     fn join_room(&self, socket: &Arc<SioSocket>, room: Room) {
         let mut rooms = socket.rooms.lock().unwrap_or_else(PoisonError::into_inner);
         if !rooms.contains(&room) {
             rooms.push(room.clone());
-            self.rooms.add((socket.ns, room), socket);
+            self.room_index(socket.ns).add(room, socket);
         }
     }
 
@@ -387,7 +393,7 @@ impl SocketIoAdapter {
         let mut rooms = socket.rooms.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(i) = rooms.iter().position(|r| *r == room) {
             rooms.swap_remove(i);
-            self.rooms.remove(&(socket.ns, room), socket.key);
+            self.room_index(socket.ns).remove(&room, socket.key);
         }
     }
 
@@ -476,7 +482,7 @@ impl SocketIoAdapter {
             .retain(|s| s.key != socket.key);
         let rooms = std::mem::take(&mut *socket.rooms.lock().unwrap_or_else(PoisonError::into_inner));
         for room in rooms {
-            self.rooms.remove(&(socket.ns, room), socket.key);
+            self.room_index(socket.ns).remove(&room, socket.key);
         }
         METRICS.connections.dec();
         METRICS.disconnects.with_label_values(&[reason.label()]).inc();
@@ -693,8 +699,8 @@ impl LocalSink for SocketIoAdapter {
             Topic::User(u) => Room::User(u.clone()),
             Topic::All => Room::All,
         };
-        for (i, (ns, profile)) in self.namespaces.iter().enumerate() {
-            let mut sockets = self.rooms.get(&(i as u8, room.clone()));
+        for ((ns, profile), rooms) in self.namespaces.iter().zip(&self.rooms) {
+            let mut sockets = rooms.get(&room);
             if let Some(except) = &delivery.except_user {
                 sockets.retain(|s| s.user() != Some(except));
             }

@@ -21,7 +21,7 @@ pub use mongo::MongoStore;
 pub use sql::SqlStore;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use shared::event::{Message, ReceiptStatus};
 use shared::{ConversationId, UserId};
@@ -73,6 +73,29 @@ pub struct NewMessage {
     pub client_ref: Option<String>,
     /// Free-form metadata.
     pub metadata: Option<serde_json::Value>,
+}
+
+impl NewMessage {
+    /// The message as stored, with the id, seq and time the store gave it.
+    pub(crate) fn stored(&self, id: String, seq: i64, sent_at_ms: i64) -> Message {
+        Message {
+            id,
+            conversation_id: self.conversation_id.clone(),
+            sender_id: self.sender_id.clone(),
+            content: self.content.clone(),
+            kind: self.kind.clone(),
+            attachments: self.attachments.clone(),
+            temp_id: self.client_ref.clone(),
+            seq,
+            sent_at: time(sent_at_ms),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
+/// A stored time (milliseconds since the epoch) as a timestamp.
+pub(crate) fn time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
 /// The outcome of an append.

@@ -25,9 +25,9 @@
 //! only by being stored, so there is no gap either; the counter is then raised to it
 //! (`$max`), so that the counters are right if the server later becomes a replica set.
 
-use super::{Appended, HistoryPage, HistoryQuery, MessageStore, NewMessage, StoreError};
+use super::{Appended, HistoryPage, HistoryQuery, MessageStore, NewMessage, StoreError, time};
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure};
@@ -99,10 +99,6 @@ impl MessageDoc {
             metadata: self.metadata.and_then(|m| serde_json::from_str(&m).ok()),
         }
     }
-}
-
-fn time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
 fn unavailable(e: mongodb::error::Error) -> StoreError {
@@ -339,18 +335,7 @@ impl MongoStore {
         } else {
             self.insert_after_newest(new, &mut message).await?;
         }
-        Ok(Message {
-            id: message.id,
-            conversation_id: new.conversation_id.clone(),
-            sender_id: new.sender_id.clone(),
-            content: new.content.clone(),
-            kind: new.kind.clone(),
-            attachments: new.attachments.clone(),
-            temp_id: new.client_ref.clone(),
-            seq: message.seq,
-            sent_at: time(at),
-            metadata: new.metadata.clone(),
-        })
+        Ok(new.stored(message.id, message.seq, at))
     }
 
     /// Takes the next seq and inserts the message in one transaction; on any error the

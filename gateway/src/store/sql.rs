@@ -2,11 +2,11 @@
 //! schema (migrations/), one set of queries.
 
 use super::{
-    Appended, Conversation, ConversationStore, HistoryPage, HistoryQuery, MessageStore, NewMessage, StoreError,
+    Appended, Conversation, ConversationStore, HistoryPage, HistoryQuery, MessageStore, NewMessage, StoreError, time,
 };
 use crate::metrics::METRICS;
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::event::{Message, ReceiptStatus};
 use shared::{ConversationId, UserId};
@@ -181,22 +181,7 @@ impl Prepared<'_> {
     }
 
     fn message(&self, seq: i64, at: i64) -> Message {
-        stored(self.new, self.id.clone(), seq, at)
-    }
-}
-
-fn stored(new: &NewMessage, id: String, seq: i64, at: i64) -> Message {
-    Message {
-        id,
-        conversation_id: new.conversation_id.clone(),
-        sender_id: new.sender_id.clone(),
-        content: new.content.clone(),
-        kind: new.kind.clone(),
-        attachments: new.attachments.clone(),
-        temp_id: new.client_ref.clone(),
-        seq,
-        sent_at: time(at),
-        metadata: new.metadata.clone(),
+        self.new.stored(self.id.clone(), seq, at)
     }
 }
 
@@ -259,10 +244,6 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.is_unique_violation())
-}
-
-fn time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
 const MESSAGE_COLUMNS: &str =
@@ -450,7 +431,7 @@ impl SqlStore {
             self.create_on_the_fly(&new.conversation_id, at).await?;
         }
         let seq = seq.ok_or(sqlx::Error::RowNotFound)?;
-        Ok(stored(new, id, seq, at))
+        Ok(new.stored(id, seq, at))
     }
 
     /// The first message of a conversation nobody created (open and claims modes) creates its
