@@ -10,8 +10,8 @@
 //!   business rule lives here.
 //! - [`phoenix`]: the Phoenix Channels adapter — channel frames to domain commands, domain
 //!   events to seed 004's channel events and Phoenix.Presence. No business rule lives here.
-//! - [`index`]: local connections by room or topic, for the adapters' fan-out.
-//! - [`domain`]: the rules — access, presence status, typing expiry, who hears about whom.
+//! - [`domain`]: the rules — access, presence status, typing expiry, who hears about whom —
+//!   and its hub, the one registry of local connections that every event is delivered through.
 //! - [`bus`]: carries domain events to every node with local members of a topic.
 //! - [`store`]: conversations, members and messages — the record.
 //! - [`presence`]: who is connected where, with which status.
@@ -28,7 +28,6 @@ pub mod dev;
 pub mod domain;
 pub mod http;
 pub mod inbound;
-pub mod index;
 pub mod metrics;
 pub mod net;
 pub mod phoenix;

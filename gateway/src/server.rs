@@ -1,6 +1,6 @@
 //! One node's life: wire the components, listen, serve, and drain on SIGTERM.
 
-use crate::bus::{Bus, LocalFanout, MemoryBus, RedisBus};
+use crate::bus::{Bus, Inlet, LocalSink, MemoryBus, RedisBus};
 use crate::config::Config;
 use crate::domain::{Backends, Domain, Rules};
 use crate::http::{self, AppState, Readiness};
@@ -58,10 +58,10 @@ impl Node {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let fanout = Arc::new(LocalFanout::default());
+        let inlet = Arc::new(Inlet::default());
         let (bus, presence, redis): (Arc<dyn Bus>, Arc<dyn Presence>, _) = match &config.redis {
             None => (
-                Arc::new(MemoryBus::new(fanout.clone())),
+                Arc::new(MemoryBus::new(inlet.clone())),
                 Arc::new(MemoryPresence::new(config.node_id.clone())),
                 None,
             ),
@@ -72,7 +72,7 @@ impl Node {
                 let bus = RedisBus::start(
                     redis.clone(),
                     config.node_id.clone(),
-                    fanout.clone(),
+                    inlet.clone(),
                     &tasks,
                     shutdown.clone(),
                 )
@@ -113,11 +113,9 @@ impl Node {
             max_message_bytes: config.max_message_bytes,
         };
         let domain = Arc::new(Domain::new(backends, rules, tasks.clone(), shutdown.clone()));
-        fanout.register(domain.memberships());
+        inlet.connect(&(domain.clone() as Arc<dyn LocalSink>));
         let socketio = SocketIoAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
-        fanout.register(socketio.clone());
         let phoenix = PhoenixAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
-        fanout.register(phoenix.clone());
 
         let jwt = config
             .auth

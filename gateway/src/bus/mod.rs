@@ -1,10 +1,12 @@
 //! The bus carries domain events between nodes.
 //!
 //! Contract, for every implementation:
-//! - `publish` hands one [`Delivery`] to every node subscribed to its topic, this node
-//!   included; each subscribed node passes it once to its [`LocalSink`].
-//! - `subscribe`/`unsubscribe` count local members of a topic: the node receives a topic's
-//!   events while the count is above zero. [`Topic::All`] is always received.
+//! - `publish` hands one [`Delivery`] to this node's [`LocalSink`] at once, whatever it is
+//!   subscribed to (the sink knows its local members), and to every other node subscribed to
+//!   its topic; each passes it once to its sink.
+//! - `subscribe`/`unsubscribe` say whether the node receives a topic's events; both are
+//!   idempotent (the domain's hub counts local members and calls them one topic at a time).
+//!   [`Topic::All`] is always received.
 //! - Events of one topic published by one node arrive in the order they were published.
 //! - Delivery is at most once: the database, not the bus, is the record.
 
@@ -16,8 +18,7 @@ pub use redis::RedisBus;
 
 use async_trait::async_trait;
 use shared::{Delivery, Topic};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 /// A bus failure: nothing was published.
 #[derive(Debug, thiserror::Error)]
@@ -32,91 +33,39 @@ pub enum BusError {
 pub trait Bus: Send + Sync + 'static {
     /// Sends `delivery` to every node subscribed to its topic, this one included.
     async fn publish(&self, delivery: Delivery) -> Result<(), BusError>;
-    /// Counts one more local member of `topic`.
+    /// Starts receiving `topic` (again: a no-op).
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError>;
-    /// Counts one fewer local member of `topic`.
+    /// Stops receiving `topic`.
     async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError>;
 }
 
 /// Receives the events this node is subscribed to, to write them to local connections.
 #[async_trait]
 pub trait LocalSink: Send + Sync + 'static {
-    /// Renders and writes one event to the local connections of its topic.
+    /// Hands one event to the node (the domain, which delivers it to local connections).
     async fn deliver(&self, delivery: Arc<Delivery>);
 }
 
-/// The node's local fan-out: every protocol adapter registers here once at start-up.
+/// The node's receiving end, given to the bus before the domain that listens on it exists;
+/// connected once at start-up. Held weakly: the domain owns the bus, not the other way round.
 #[derive(Default)]
-pub struct LocalFanout {
-    sinks: RwLock<Vec<Arc<dyn LocalSink>>>,
+pub struct Inlet {
+    sink: OnceLock<Weak<dyn LocalSink>>,
 }
 
-impl LocalFanout {
-    /// Adds a protocol adapter.
-    pub fn register(&self, sink: Arc<dyn LocalSink>) {
-        self.sinks.write().unwrap_or_else(PoisonError::into_inner).push(sink);
+impl Inlet {
+    /// Connects the listener; later calls are ignored.
+    pub fn connect(&self, sink: &Arc<dyn LocalSink>) {
+        let _ = self.sink.set(Arc::downgrade(sink));
     }
 }
 
 #[async_trait]
-impl LocalSink for LocalFanout {
+impl LocalSink for Inlet {
     async fn deliver(&self, delivery: Arc<Delivery>) {
-        let sinks = self.sinks.read().unwrap_or_else(PoisonError::into_inner).clone();
-        for sink in sinks {
-            sink.deliver(delivery.clone()).await;
+        if let Some(sink) = self.sink.get().and_then(Weak::upgrade) {
+            sink.deliver(delivery).await;
         }
-    }
-}
-
-/// Reference counts of local members per topic, shared by the bus implementations.
-#[derive(Default)]
-pub(crate) struct Subscriptions {
-    counts: Mutex<HashMap<Topic, usize>>,
-}
-
-impl Subscriptions {
-    /// Counts a member; true when it is the topic's first.
-    pub(crate) fn add(&self, topic: &Topic) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = counts.entry(topic.clone()).or_insert(0);
-        *n += 1;
-        *n == 1
-    }
-
-    /// Uncounts a member; true when it was the topic's last.
-    pub(crate) fn remove(&self, topic: &Topic) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        match counts.get_mut(topic) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                counts.remove(topic);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Every topic with a local member.
-    pub(crate) fn topics(&self) -> Vec<Topic> {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    /// Whether the node has a local member of `topic`.
-    pub(crate) fn contains(&self, topic: &Topic) -> bool {
-        *topic == Topic::All
-            || self
-                .counts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains_key(topic)
     }
 }
 
@@ -149,26 +98,22 @@ pub(crate) mod tests {
         )
     }
 
-    /// Runs the conformance checks against a bus whose sink is `rx`.
+    /// Runs the single-node conformance checks against a bus whose sink is `rx`.
     pub(crate) async fn conformance(bus: &dyn Bus, rx: &mut mpsc::UnboundedReceiver<Arc<Delivery>>) {
         let topic = Topic::Conversation("c1".into());
-        // Not subscribed: nothing arrives.
+        // The publishing node's sink hears everything it publishes, subscribed or not, in
+        // order, once each; subscribing twice is subscribing.
         bus.publish(typing("c1", 0)).await.ok();
-        // Subscribed twice, unsubscribed once: still receiving, in order, once each.
         bus.subscribe(&topic).await.ok();
         bus.subscribe(&topic).await.ok();
-        bus.unsubscribe(&topic).await.ok();
         for n in 1..=3 {
             bus.publish(typing("c1", n)).await.ok();
         }
-        for n in 1..=3 {
+        for n in 0..=3 {
             let got = rx.recv().await.map(|d| d.event.clone());
             assert_eq!(got, Some(typing("c1", n).event));
         }
-        // Last member gone: nothing more.
         bus.unsubscribe(&topic).await.ok();
-        bus.publish(typing("c1", 4)).await.ok();
-        // `All` is always received.
         bus.publish(Delivery::to(Topic::All, typing("c1", 5).event)).await.ok();
         let got = rx.recv().await.map(|d| d.topic.clone());
         assert_eq!(got, Some(Topic::All));

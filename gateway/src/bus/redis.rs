@@ -1,14 +1,15 @@
 //! The cluster bus over Redis pub/sub: one channel per topic, subscribed while the node has a
 //! local member, one MessagePack envelope per event.
 
-use super::{Bus, BusError, LocalSink, Subscriptions};
+use super::{Bus, BusError, LocalSink};
 use crate::metrics::METRICS;
 use crate::redis::{COMMAND_TIMEOUT, Redis};
 use async_trait::async_trait;
 use fred::prelude::*;
 use shared::event::ENVELOPE_VERSION;
 use shared::{Delivery, Envelope, NodeId, Topic};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,7 +19,8 @@ pub struct RedisBus {
     redis: Redis,
     node_id: NodeId,
     sink: Arc<dyn LocalSink>,
-    subscriptions: Subscriptions,
+    /// Topics the node wants: subscribed again whenever the subscriber reconnects.
+    subscribed: Mutex<HashSet<Topic>>,
 }
 
 fn channel(prefix: &str, topic: &Topic) -> String {
@@ -42,7 +44,7 @@ impl RedisBus {
             redis,
             node_id,
             sink,
-            subscriptions: Subscriptions::default(),
+            subscribed: Mutex::default(),
         });
         let all = channel(&bus.redis.prefix, &Topic::All);
         bus.redis
@@ -107,8 +109,9 @@ async fn resubscribe_on_reconnect(bus: Arc<RedisBus>, shutdown: CancellationToke
             r = reconnects.recv() => if r.is_err() { return },
         }
         let mut channels: Vec<String> = bus
-            .subscriptions
-            .topics()
+            .subscribed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|t| channel(&bus.redis.prefix, t))
             .collect();
@@ -139,9 +142,7 @@ impl Bus for RedisBus {
             .map_err(|e| BusError::Unavailable(format!("cannot encode: {e}")))?;
         let name = channel(&self.redis.prefix, &envelope.delivery.topic);
         // Local sockets first: they do not wait for Redis, and still get the event without it.
-        if self.subscriptions.contains(&envelope.delivery.topic) {
-            self.sink.deliver(Arc::new(envelope.delivery)).await;
-        }
+        self.sink.deliver(Arc::new(envelope.delivery)).await;
         let published =
             tokio::time::timeout(COMMAND_TIMEOUT, self.redis.client.publish::<i64, _, _>(name, bytes)).await;
         match published {
@@ -155,7 +156,12 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
-        if self.subscriptions.add(topic) {
+        let added = self
+            .subscribed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(topic.clone());
+        if added {
             let name = channel(&self.redis.prefix, topic);
             let done = tokio::time::timeout(COMMAND_TIMEOUT, self.redis.subscriber.subscribe(name)).await;
             if !matches!(done, Ok(Ok(()))) {
@@ -167,7 +173,12 @@ impl Bus for RedisBus {
     }
 
     async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError> {
-        if self.subscriptions.remove(topic) {
+        let removed = self
+            .subscribed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(topic);
+        if removed {
             let name = channel(&self.redis.prefix, topic);
             let done = tokio::time::timeout(COMMAND_TIMEOUT, self.redis.subscriber.unsubscribe(name)).await;
             if !matches!(done, Ok(Ok(()))) {

@@ -2,12 +2,10 @@
 
 use super::DomainError;
 use crate::auth::Identity;
-use crate::bus::LocalSink;
 use crate::config::AccessMode;
 use crate::metrics::METRICS;
 use crate::store::ConversationStore;
-use async_trait::async_trait;
-use shared::{ConversationId, Delivery, Event, UserId};
+use shared::{ConversationId, UserId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -80,17 +78,6 @@ impl Memberships {
     }
 }
 
-/// Sees the removals this node hears of on the bus; registered before the protocol adapters,
-/// so the answer is gone before the user's connections are made to leave.
-#[async_trait]
-impl LocalSink for Memberships {
-    async fn deliver(&self, delivery: Arc<Delivery>) {
-        if let Event::MemberRemoved(removed) = &delivery.event {
-            self.forget(&removed.conversation_id, &removed.user_id);
-        }
-    }
-}
-
 /// The access rule of this deployment.
 #[derive(Clone)]
 pub struct Access {
@@ -114,8 +101,7 @@ impl Access {
         self.mode
     }
 
-    /// The remembered membership answers (to register as a local sink, and to forget a
-    /// removal made here).
+    /// The remembered membership answers (to forget a removal).
     pub fn memberships(&self) -> Arc<Memberships> {
         self.memberships.clone()
     }

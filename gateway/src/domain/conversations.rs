@@ -62,45 +62,6 @@ impl Domain {
         Ok(ConversationView { conversation, unread })
     }
 
-    /// The conversations whose messages a user's own channel hears of (seed 004's `user:{id}`):
-    /// their conversations in `members` mode, the plain ids of their claim in `claims` mode
-    /// (patterns name no conversation), none in `open` mode. The node receives those
-    /// conversations' events until [`Domain::unwatch`]; conversations the user joins later are
-    /// heard of from the next watch. Only `user` may watch their own conversations.
-    pub async fn watch(&self, who: &Identity, user: &UserId) -> Result<Vec<ConversationId>, DomainError> {
-        if who.user_id != *user {
-            return Err(DomainError::Forbidden("only that user may join".into()));
-        }
-        let conversations: Vec<ConversationId> = match self.access.mode() {
-            AccessMode::Members => self.conversations.conversations_of(&who.user_id).await?,
-            AccessMode::Claims => who
-                .conversations
-                .iter()
-                .flat_map(|claim| claim.entries())
-                .filter(|e| !e.contains(['*', '?', '[', '{']))
-                .map(|e| ConversationId(e.clone()))
-                .collect(),
-            AccessMode::Open => Vec::new(),
-        };
-        for (n, conversation) in conversations.iter().enumerate() {
-            if let Err(e) = self.bus.subscribe(&Topic::Conversation(conversation.clone())).await {
-                self.unwatch(&conversations[..n]).await;
-                return Err(e.into());
-            }
-        }
-        Ok(conversations)
-    }
-
-    /// Releases conversations taken by [`Domain::watch`].
-    pub async fn unwatch(&self, conversations: &[ConversationId]) {
-        for conversation in conversations {
-            self.bus
-                .unsubscribe(&Topic::Conversation(conversation.clone()))
-                .await
-                .ok();
-        }
-    }
-
     /// The caller's unread messages in a conversation.
     pub async fn unread(&self, who: &Identity, conversation: &ConversationId) -> Result<i64, DomainError> {
         self.access.check(Some(who), conversation).await?;

@@ -3,13 +3,19 @@
 //! the events it publishes on the bus.
 
 mod access;
+mod connections;
 mod conversations;
 mod error;
+pub mod hub;
 mod messages;
+mod order;
 mod rate;
+mod receive;
 mod typing;
 
 pub use access::{Access, Memberships};
+pub use connections::{Joined, Live, MAX_MISSED};
+pub use hub::{Connection, Local, Outlet};
 pub use error::DomainError;
 pub use messages::{HistoryRequest, SendRequest, Sent};
 pub use rate::RateLimiter;
@@ -19,8 +25,8 @@ use crate::auth::Identity;
 use crate::bus::Bus;
 use crate::config::AccessMode;
 use crate::metrics::METRICS;
-use crate::presence::{ClusterStats, ConnectionEntry, Departure, Presence, UserPage, UserPresence};
-use crate::store::{ConversationStore, HistoryPage, HistoryQuery, MessageStore};
+use crate::presence::{ClusterStats, Departure, Presence, UserPage, UserPresence};
+use crate::store::{ConversationStore, MessageStore};
 use chrono::{DateTime, Utc};
 use shared::event::{Direct, Membership, Notification, PresenceInfo, RosterDiff, RosterEntry, Typing, UserRef};
 use shared::{ConnId, ConversationId, Delivery, Event, Status, Topic, UserId};
@@ -32,18 +38,6 @@ use tracing::Instrument;
 
 /// What the REST API may ask for at most in one page of users.
 pub const MAX_USERS_PAGE: usize = 1000;
-
-/// The answer to a successful join.
-#[derive(Debug, Clone)]
-pub struct Joined {
-    /// Users with a connection joined to the conversation, cluster-wide, the joiner included.
-    pub online_users: Vec<UserId>,
-    /// With a `lastSeq`: the messages after it (at most [`MAX_MISSED`]), and whether more exist.
-    pub missed: Option<HistoryPage>,
-}
-
-/// Most messages a join with `lastSeq` returns; the client pages the rest with history.
-pub const MAX_MISSED: u32 = 100;
 
 /// The backends a domain works with.
 pub struct Backends {
@@ -84,6 +78,9 @@ pub struct NotificationRequest {
 /// The domain service of one node.
 pub struct Domain {
     access: Access,
+    hub: Arc<hub::Hub>,
+    /// Messages for the watcher task (unread counts).
+    watched: tokio::sync::mpsc::Sender<hub::Watched>,
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
     conversations: Arc<dyn ConversationStore>,
@@ -106,8 +103,18 @@ impl Domain {
             messages,
         } = backends;
         let typing = TypingTimers::spawn(bus.clone(), shutdown.clone(), &tasks);
+        let hub = Arc::new(hub::Hub::new(bus.clone()));
+        let (watched, queue) = tokio::sync::mpsc::channel(receive::WATCH_QUEUE);
+        tasks.spawn(receive::tell_watchers(
+            hub.clone(),
+            messages.clone(),
+            queue,
+            shutdown.clone(),
+        ));
         let domain = Self {
             access: Access::new(rules.access, conversations.clone()),
+            hub,
+            watched,
             bus,
             presence,
             conversations,
@@ -129,10 +136,14 @@ impl Domain {
         domain
     }
 
-    /// The node's remembered membership answers: a local sink to register before the
-    /// protocol adapters, so a `MemberRemoved` heard on the bus clears them.
-    pub fn memberships(&self) -> Arc<Memberships> {
-        self.access.memberships()
+    /// Registers a protocol adapter's renderer; its connections name it by the index returned.
+    pub fn add_outlet(&self, outlet: Arc<dyn Outlet>) -> usize {
+        self.hub.add_outlet(outlet)
+    }
+
+    /// Local connections, for the drain.
+    pub fn local_connections(&self) -> Vec<Arc<dyn Connection>> {
+        self.hub.connections()
     }
 
     /// Leaves the cluster politely once this node's connections are closed: its remaining
@@ -141,78 +152,6 @@ impl Domain {
         match self.presence.depart().await {
             Ok(departures) => announce(self.bus.as_ref(), departures).await,
             Err(e) => tracing::warn!(error = %e, "presence entries left to expire with their TTL"),
-        }
-    }
-
-    /// Registers an authenticated connection: it receives everything sent to its user, and
-    /// the user's contacts hear that they came online when it is their first connection.
-    pub async fn connect(&self, conn: &ConnId, who: &Identity) -> Result<(), DomainError> {
-        let circles = match self.access.mode() {
-            AccessMode::Members => self
-                .conversations
-                .conversations_of(&who.user_id)
-                .await?
-                .into_iter()
-                .map(|c| c.0)
-                .collect(),
-            _ => who
-                .conversations
-                .as_ref()
-                .map(|c| c.entries().to_vec())
-                .unwrap_or_default(),
-        };
-        self.bus.subscribe(&Topic::User(who.user_id.clone())).await?;
-        let arrived = match self
-            .presence
-            .connect(ConnectionEntry {
-                conn: conn.clone(),
-                user: who.user_id.clone(),
-                circles,
-            })
-            .await
-        {
-            Ok(arrived) => arrived,
-            Err(e) => {
-                self.bus.unsubscribe(&Topic::User(who.user_id.clone())).await.ok();
-                return Err(e.into());
-            }
-        };
-        if arrived {
-            let info = PresenceInfo {
-                user_id: who.user_id.clone(),
-                status: Status::Online,
-                last_seen: None,
-            };
-            self.tell_contacts(&who.user_id, Event::UserOnline(info)).await?;
-        }
-        Ok(())
-    }
-
-    /// Forgets a closed connection: member-left for conversations it was the user's last in,
-    /// and, after the offline grace, user-offline if the user did not come back.
-    pub async fn disconnect(&self, conn: &ConnId) {
-        let gone = match self.presence.disconnect(conn).await {
-            Ok(Some(gone)) => gone,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "presence lost a disconnect; its entries expire with their TTL");
-                return;
-            }
-        };
-        for conversation in &gone.joined {
-            self.bus
-                .unsubscribe(&Topic::Conversation(conversation.clone()))
-                .await
-                .ok();
-            let entry = roster_entry(conn, &gone.user, gone.status, Utc::now());
-            publish_roster(self.bus.as_ref(), conversation, Vec::new(), vec![entry]).await;
-        }
-        for conversation in gone.left {
-            self.member_left(conversation, gone.user.clone()).await;
-        }
-        self.bus.unsubscribe(&Topic::User(gone.user.clone())).await.ok();
-        if gone.last_connection {
-            self.settle_after_grace(gone.user, gone.was_visible);
         }
     }
 
@@ -247,100 +186,6 @@ impl Domain {
             }
             .instrument(span),
         );
-    }
-
-    /// Joins a connection to a conversation so it receives its events; with `last_seq`, also
-    /// answers the messages stored after it.
-    pub async fn join(
-        &self,
-        conn: &ConnId,
-        who: &Identity,
-        conversation: &ConversationId,
-        last_seq: Option<i64>,
-    ) -> Result<Joined, DomainError> {
-        self.access.check(Some(who), conversation).await?;
-        let topic = Topic::Conversation(conversation.clone());
-        // Subscribe first so no event published right after the join is missed.
-        self.bus.subscribe(&topic).await?;
-        let at = Utc::now();
-        let change = match self.presence.join(conn, conversation, at).await {
-            Ok(change) => change,
-            Err(e) => {
-                self.bus.unsubscribe(&topic).await.ok();
-                return Err(e.into());
-            }
-        };
-        if !change.connection {
-            self.bus.unsubscribe(&topic).await.ok();
-        }
-        // The answer is read before anyone is told, so that a failed join can be undone
-        // without a trace.
-        let answer = async {
-            let online_users = self.presence.conversation_online(conversation).await?;
-            let missed = match last_seq {
-                Some(after) => {
-                    let query = HistoryQuery {
-                        before: None,
-                        after: Some(after),
-                        limit: MAX_MISSED,
-                    };
-                    Some(self.messages.history(conversation, query).await?)
-                }
-                None => None,
-            };
-            Ok::<_, DomainError>(Joined { online_users, missed })
-        }
-        .await;
-        let joined = match answer {
-            Ok(joined) => joined,
-            Err(e) => {
-                if change.connection {
-                    self.presence.leave(conn, conversation).await.ok();
-                    self.bus.unsubscribe(&topic).await.ok();
-                }
-                return Err(e);
-            }
-        };
-        if change.connection {
-            let entry = roster_entry(conn, &who.user_id, change.status, at);
-            publish_roster(self.bus.as_ref(), conversation, vec![entry], Vec::new()).await;
-        }
-        if change.user {
-            let event = Event::MemberJoined(Membership {
-                conversation_id: conversation.clone(),
-                user_id: who.user_id.clone(),
-            });
-            if let Err(e) = self
-                .bus
-                .publish(Delivery::to(topic, event).except(who.user_id.clone()))
-                .await
-            {
-                tracing::warn!(error = %e, "member joined not published");
-            }
-        }
-        Ok(joined)
-    }
-
-    /// Takes a connection out of a conversation.
-    pub async fn leave(&self, conn: &ConnId, who: &Identity, conversation: &ConversationId) -> Result<(), DomainError> {
-        let change = self.presence.leave(conn, conversation).await?;
-        if change.connection {
-            self.bus
-                .unsubscribe(&Topic::Conversation(conversation.clone()))
-                .await
-                .ok();
-            let entry = roster_entry(conn, &who.user_id, change.status, Utc::now());
-            publish_roster(self.bus.as_ref(), conversation, Vec::new(), vec![entry]).await;
-        }
-        if change.user {
-            self.member_left(conversation.clone(), who.user_id.clone()).await;
-        }
-        Ok(())
-    }
-
-    async fn member_left(&self, conversation: ConversationId, user: UserId) {
-        self.typing.finish(conversation.clone(), user.clone());
-        publish_member_left(self.bus.as_ref(), conversation, user).await;
     }
 
     /// A typing start or stop, shown to the others in the conversation.
@@ -516,7 +361,7 @@ impl Domain {
     }
 }
 
-async fn publish_member_left(bus: &dyn Bus, conversation: ConversationId, user: UserId) {
+pub(super) async fn publish_member_left(bus: &dyn Bus, conversation: ConversationId, user: UserId) {
     let event = Event::MemberLeft(Membership {
         conversation_id: conversation.clone(),
         user_id: user.clone(),
@@ -527,7 +372,7 @@ async fn publish_member_left(bus: &dyn Bus, conversation: ConversationId, user: 
     }
 }
 
-fn roster_entry(conn: &ConnId, user: &UserId, status: Status, since: DateTime<Utc>) -> RosterEntry {
+pub(super) fn roster_entry(conn: &ConnId, user: &UserId, status: Status, since: DateTime<Utc>) -> RosterEntry {
     RosterEntry {
         user_id: user.clone(),
         conn_id: conn.clone(),
@@ -538,7 +383,7 @@ fn roster_entry(conn: &ConnId, user: &UserId, status: Status, since: DateTime<Ut
 
 /// Publishes a change of a conversation's presence list. Invisible users are not listed, so
 /// their entries are left out of both halves.
-async fn publish_roster(
+pub(super) async fn publish_roster(
     bus: &dyn Bus,
     conversation: &ConversationId,
     mut joins: Vec<RosterEntry>,
@@ -619,8 +464,29 @@ mod tests {
     use crate::bus::tests::Recorder;
     use crate::config::AccessMode;
     use crate::presence::MemoryPresence;
-    use crate::store::{SqlStore, StoreError};
+    use crate::store::{HistoryPage, HistoryQuery, SqlStore, StoreError};
     use tokio::sync::mpsc;
+
+    /// A socket that is only filed.
+    struct Quiet(UserId);
+
+    impl Connection for Quiet {
+        fn outlet(&self) -> usize {
+            0
+        }
+        fn user(&self) -> Option<&UserId> {
+            Some(&self.0)
+        }
+        fn kick(&self) {}
+        fn shed(&self) {}
+        fn removed(&self, _: &ConversationId) {}
+    }
+
+    fn attached(domain: &Domain, id: &str, user: &str) -> Local {
+        let local = domain.local(ConnId(id.into()));
+        domain.attach(&local, Arc::new(Quiet(user.into())));
+        local
+    }
 
     fn who(user: &str) -> Identity {
         Identity {
@@ -653,20 +519,25 @@ mod tests {
         let domain = Domain::new(backends, rules, tasks.clone(), CancellationToken::new());
         // The store is set up on the real clock; the grace runs on a paused one.
         tokio::time::pause();
-        domain.connect(&"b1".into(), &who("bob")).await?;
-        domain.connect(&"a1".into(), &who("alice")).await?;
+        let (b1, a1, a2) = (
+            attached(&domain, "b1", "bob"),
+            attached(&domain, "a1", "alice"),
+            attached(&domain, "a2", "alice"),
+        );
+        domain.connect(&b1, &who("bob")).await?;
+        domain.connect(&a1, &who("alice")).await?;
         let online = rx.try_recv().map(|d| d.event.clone()).ok();
         assert!(matches!(online, Some(Event::UserOnline(p)) if p.user_id.as_str() == "alice"));
 
         // A reload: the last connection closes and a new one opens within the grace.
-        domain.disconnect(&"a1".into()).await;
+        domain.disconnect(&a1).await;
         tokio::time::sleep(grace / 2).await;
-        domain.connect(&"a2".into(), &who("alice")).await?;
+        domain.connect(&a2, &who("alice")).await?;
         tokio::time::sleep(grace * 2).await;
         assert!(rx.try_recv().is_err(), "a reload announced something");
 
         // A real departure: one offline, after the grace, to bob.
-        domain.disconnect(&"a2".into()).await;
+        domain.disconnect(&a2).await;
         tokio::time::sleep(grace - Duration::from_millis(100)).await;
         assert!(rx.try_recv().is_err(), "offline announced before the grace ran out");
         tokio::time::sleep(Duration::from_millis(200)).await;

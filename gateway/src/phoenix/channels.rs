@@ -105,11 +105,6 @@ impl Channels {
     pub fn join_ref(&self, topic: &str) -> Option<&str> {
         self.joined.get(topic).map(String::as_str)
     }
-
-    /// Every joined topic.
-    pub fn topics(&self) -> impl Iterator<Item = &str> {
-        self.joined.keys().map(String::as_str)
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! sockets at `/socket/websocket`, turns channel frames into domain commands and replies, and
 //! renders the domain events this node receives for the channels each socket joined.
 //!
-//! Each socket runs three tasks: a reader that answers heartbeats at once and queues the
+//! The adapter is one outlet of the hub. Each socket runs three tasks: a reader that answers heartbeats at once and queues the
 //! other frames, a worker that runs those frames one after the other (so a `typing_stop` never
 //! overtakes its `typing_start`, and a slow database never delays a heartbeat), and a writer
 //! that drains the socket's bounded outbound queue.
@@ -12,12 +12,9 @@ mod render;
 mod worker;
 
 use crate::auth::{Identity, JwtSettings};
-use crate::bus::LocalSink;
 use crate::config::{Config, RateLimit};
-use crate::domain::{Domain, RateLimiter};
-use crate::index::{Index, Indexed};
+use crate::domain::{Connection, Domain, Local, Outlet, RateLimiter};
 use crate::metrics::METRICS;
-use async_trait::async_trait;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -28,10 +25,11 @@ use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use render::{Channel, Rendered};
 use shared::phoenix as codec;
-use shared::{ConnId, ConversationId, Delivery, Event, NodeId, Topic, UserId};
+use shared::event::Message as ChatMessage;
+use shared::{ConnId, ConversationId, Delivery, NodeId, Topic, UserId};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -58,10 +56,13 @@ struct Settings {
     idle_timeout: Duration,
 }
 
-/// What the bus side knows of one local socket.
+/// What the hub side knows of one local socket.
 struct SocketHandle {
-    id: u64,
+    local: Local,
+    outlet: usize,
     user: UserId,
+    /// The channel topics it joined, for rendering (a user channel's events go out only on it).
+    joined: Mutex<Vec<String>>,
     out: mpsc::Sender<Utf8Bytes>,
     inbox: mpsc::Sender<worker::Input>,
     /// Closes the socket; the close code is in `close_code`.
@@ -77,7 +78,7 @@ impl SocketHandle {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 METRICS.outbound_dropped.inc();
                 if !self.kill.is_cancelled() {
-                    tracing::info!(socket = self.id, "closing a slow consumer");
+                    tracing::info!(conn = %self.local.id, "closing a slow consumer");
                     METRICS.disconnects.with_label_values(&["slow_consumer"]).inc();
                     self.close(TRY_AGAIN_LATER);
                 }
@@ -95,21 +96,53 @@ impl SocketHandle {
     }
 }
 
-impl Indexed for SocketHandle {
-    fn index_id(&self) -> u64 {
-        self.id
+impl SocketHandle {
+    fn is_joined(&self, topic: &str) -> bool {
+        self.joined
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|t| t == topic)
+    }
+
+    fn set_joined(&self, topic: &str, joined: bool) {
+        let mut topics = self.joined.lock().unwrap_or_else(PoisonError::into_inner);
+        topics.retain(|t| t != topic);
+        if joined {
+            topics.push(topic.to_owned());
+        }
     }
 }
 
-/// Local sockets, by joined topic and by user, for delivery.
-#[derive(Default)]
-struct Registry {
-    /// `conversation:{id}` / `user:{id}` → sockets joined to it.
-    topics: Index<String, SocketHandle>,
-    /// Every socket of a user, joined or not (for closing and removal).
-    users: Index<UserId, SocketHandle>,
-    /// Conversation → sockets whose `user:{id}` channel hears of its messages.
-    watchers: Index<ConversationId, SocketHandle>,
+impl Connection for SocketHandle {
+    fn outlet(&self) -> usize {
+        self.outlet
+    }
+
+    fn user(&self) -> Option<&UserId> {
+        Some(&self.user)
+    }
+
+    fn kick(&self) {
+        self.close(GOING_AWAY);
+    }
+
+    fn shed(&self) {
+        METRICS.outbound_dropped.inc();
+        METRICS.disconnects.with_label_values(&["slow_consumer"]).inc();
+        self.close(TRY_AGAIN_LATER);
+    }
+
+    fn removed(&self, conversation: &ConversationId) {
+        if self.inbox.try_send(worker::Input::Removed(conversation.clone())).is_err() {
+            // A full inbox must not keep a removed member in: close the socket.
+            self.close(GOING_AWAY);
+        }
+    }
+}
+
+fn handle(conn: &dyn Connection) -> Option<&SocketHandle> {
+    (conn as &dyn std::any::Any).downcast_ref::<SocketHandle>()
 }
 
 fn user_topic(user: &UserId) -> String {
@@ -124,7 +157,8 @@ fn conversation_topic(conversation: &ConversationId) -> String {
 pub struct PhoenixAdapter {
     domain: Arc<Domain>,
     settings: Settings,
-    registry: Registry,
+    /// Its outlet in the hub.
+    outlet: usize,
     next_id: AtomicU64,
 }
 
@@ -132,8 +166,10 @@ impl PhoenixAdapter {
     /// Builds the adapter from the node's configuration.
     pub fn build(config: &Config, domain: Arc<Domain>) -> Result<Arc<Self>, String> {
         let jwt = config.auth.jwt.clone().ok_or("no JWT settings")?;
+        let outlet = domain.add_outlet(Arc::new(PhoenixOutlet));
         Ok(Arc::new(Self {
             domain,
+            outlet,
             settings: Settings {
                 jwt,
                 rate: config.socketio.rate_limit,
@@ -142,7 +178,6 @@ impl PhoenixAdapter {
                 outbound_queue: config.socketio.max_outbound_queue.max(1),
                 idle_timeout: config.phoenix_idle_timeout,
             },
-            registry: Registry::default(),
             next_id: AtomicU64::new(1),
         }))
     }
@@ -157,12 +192,17 @@ impl PhoenixAdapter {
     /// Closes every socket with 1012 (service restart), in batches spread over `window`, so
     /// that clients reconnect elsewhere by themselves and not all at once.
     pub async fn drain(&self, window: Duration) {
-        let sockets = self.registry.users.all();
+        let sockets: Vec<Arc<dyn Connection>> = self
+            .domain
+            .local_connections()
+            .into_iter()
+            .filter(|c| c.outlet() == self.outlet)
+            .collect();
         let per_batch = sockets.len().div_ceil(DRAIN_BATCHES).max(1);
         let pause = window / DRAIN_BATCHES as u32;
         tracing::info!(sockets = sockets.len(), per_batch, "closing Phoenix sockets");
         for batch in sockets.chunks(per_batch) {
-            for socket in batch {
+            for socket in batch.iter().filter_map(|c| handle(c.as_ref())) {
                 socket.close(SERVICE_RESTART);
             }
             tokio::time::sleep(pause).await;
@@ -170,82 +210,81 @@ impl PhoenixAdapter {
     }
 }
 
-#[async_trait]
-impl LocalSink for PhoenixAdapter {
-    async fn deliver(&self, delivery: Arc<Delivery>) {
+/// Phoenix's renderer in the hub.
+struct PhoenixOutlet;
+
+impl Outlet for PhoenixOutlet {
+    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]) {
         let direct_on = match &delivery.topic {
             Topic::Conversation(c) => Channel::Conversation(c.clone()),
             _ => Channel::OwnUser,
         };
-        if let (Topic::Conversation(c), Event::MessageCreated(m)) = (&delivery.topic, &delivery.event) {
-            // Their worker tells the `user:{id}` channels: it reads each user's unread count.
-            let watchers = self.registry.watchers.get(c);
-            if !watchers.is_empty() {
-                let message = Arc::new(m.clone());
-                for s in watchers {
-                    if s.inbox.try_send(worker::Input::Watched(message.clone())).is_err() {
-                        METRICS.outbound_dropped.inc();
-                    }
-                }
-            }
-        }
-        let Some(rendered) = render::render(&delivery.event, direct_on) else {
+        let Some(Rendered {
+            channel,
+            event,
+            payload,
+        }) = render::render(&delivery.event, direct_on)
+        else {
             return;
         };
-        let audience = match &delivery.topic {
-            Topic::Conversation(c) => self.registry.topics.get(&conversation_topic(c)),
-            Topic::User(u) => self.registry.users.get(u),
-            Topic::All => self.registry.users.all(),
+        let audience = to.iter().filter_map(|c| handle(*c));
+        let encode = |topic: &str| {
+            codec::encode(None, None, topic, &event, &payload)
+                .inspect_err(|e| tracing::warn!(error = %e, "frame not encoded"))
+                .ok()
+                .map(Utf8Bytes::from)
         };
-        let audience = audience
-            .into_iter()
-            .filter(|s| delivery.except_user.as_ref() != Some(&s.user));
-        match rendered {
-            Rendered::Close => audience.for_each(|s| s.close(GOING_AWAY)),
-            Rendered::Remove(conversation) => {
-                for s in audience {
-                    if s.inbox.try_send(worker::Input::Removed(conversation.clone())).is_err() {
-                        // A full inbox must not keep a removed member in: close the socket.
-                        s.close(GOING_AWAY);
-                    }
+        if let (Channel::Conversation(c), Topic::Conversation(_)) = (&channel, &delivery.topic) {
+            // The hot path: the audience is the topic's sockets, one frame serves them all.
+            if let Some(frame) = encode(&conversation_topic(c)) {
+                audience.for_each(|s| s.send(frame.clone()));
+            }
+            return;
+        }
+        // Otherwise encoded once per topic (each user's own channel differs).
+        let mut frames: HashMap<String, Option<Utf8Bytes>> = HashMap::new();
+        for s in audience {
+            let topic = match &channel {
+                Channel::Conversation(c) => Some(conversation_topic(c)),
+                Channel::OwnUser => Some(user_topic(&s.user)),
+                Channel::ConversationOrUser(c) => [conversation_topic(c), user_topic(&s.user)]
+                    .into_iter()
+                    .find(|t| s.is_joined(t)),
+            };
+            let Some(topic) = topic.filter(|t| s.is_joined(t)) else {
+                continue;
+            };
+            let frame = frames.entry(topic).or_insert_with_key(|topic| encode(topic)).clone();
+            if let Some(frame) = frame {
+                s.send(frame);
+            }
+        }
+    }
+
+    /// `conversation_updated` with the user's unread count on each watching `user:{id}`
+    /// channel, and `new_message` too where the socket has not joined that conversation.
+    fn push_watched(&self, message: &ChatMessage, to: &[(&dyn Connection, i64)]) {
+        let conversation = conversation_topic(&message.conversation_id);
+        for (s, unread_count) in to.iter().filter_map(|(c, n)| handle(*c).map(|h| (h, *n))) {
+            let own = user_topic(&s.user);
+            if !s.is_joined(&own) {
+                continue;
+            }
+            let phx = render::PhxMessage::from(message);
+            if !s.is_joined(&conversation) {
+                match codec::encode(None, None, &own, "new_message", &phx) {
+                    Ok(frame) => s.send(frame.into()),
+                    Err(e) => tracing::warn!(error = %e, "frame not encoded"),
                 }
             }
-            Rendered::Push {
-                channel,
-                event,
-                payload,
-            } => {
-                let encode = |topic: &str| {
-                    codec::encode(None, None, topic, &event, &payload)
-                        .inspect_err(|e| tracing::warn!(error = %e, "frame not encoded"))
-                        .ok()
-                        .map(Utf8Bytes::from)
-                };
-                if let (Channel::Conversation(c), Topic::Conversation(_)) = (&channel, &delivery.topic) {
-                    // The hot path: the audience is the topic's sockets, one frame serves them all.
-                    if let Some(frame) = encode(&conversation_topic(c)) {
-                        audience.for_each(|s| s.send(frame.clone()));
-                    }
-                    return;
-                }
-                // Otherwise encoded once per topic (each user's own channel differs).
-                let mut frames: HashMap<String, Option<Utf8Bytes>> = HashMap::new();
-                for s in audience {
-                    let topic = match &channel {
-                        Channel::Conversation(c) => Some(conversation_topic(c)),
-                        Channel::OwnUser => Some(user_topic(&s.user)),
-                        Channel::ConversationOrUser(c) => [conversation_topic(c), user_topic(&s.user)]
-                            .into_iter()
-                            .find(|t| self.registry.topics.contains(t.as_str(), s.id)),
-                    };
-                    let Some(topic) = topic.filter(|t| self.registry.topics.contains(t.as_str(), s.id)) else {
-                        continue;
-                    };
-                    let frame = frames.entry(topic).or_insert_with_key(|topic| encode(topic)).clone();
-                    if let Some(frame) = frame {
-                        s.send(frame);
-                    }
-                }
+            let update = render::ConversationUpdated {
+                conversation_id: &message.conversation_id,
+                last_message: phx,
+                unread_count,
+            };
+            match codec::encode(None, None, &own, "conversation_updated", &update) {
+                Ok(frame) => s.send(frame.into()),
+                Err(e) => tracing::warn!(error = %e, "frame not encoded"),
             }
         }
     }
@@ -309,8 +348,22 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: WebSocket, who: Identity) {
     let span = tracing::info_span!("phx_socket", conn = %conn, user = %who.user_id);
     async move {
         let (mut sink, stream) = socket.split();
-        if let Err(e) = adapter.domain.connect(&conn, &who).await {
+        let (out, outbox) = mpsc::channel(adapter.settings.outbound_queue);
+        let (inbox_tx, inbox) = mpsc::channel(INBOX);
+        let handle = Arc::new(SocketHandle {
+            local: adapter.domain.local(conn),
+            outlet: adapter.outlet,
+            user: who.user_id.clone(),
+            joined: Mutex::default(),
+            out,
+            inbox: inbox_tx,
+            kill: CancellationToken::new(),
+            close_code: AtomicU16::new(0),
+        });
+        adapter.domain.attach(&handle.local, handle.clone());
+        if let Err(e) = adapter.domain.connect(&handle.local, &who).await {
             tracing::warn!(error = %e, "socket not registered");
+            adapter.domain.detach(&handle.local).await;
             let close = CloseFrame {
                 code: TRY_AGAIN_LATER,
                 reason: Utf8Bytes::from_static("unavailable"),
@@ -319,19 +372,8 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: WebSocket, who: Identity) {
             return;
         }
         METRICS.phoenix_connections.inc();
-        let (out, outbox) = mpsc::channel(adapter.settings.outbound_queue);
-        let (inbox_tx, inbox) = mpsc::channel(INBOX);
-        let handle = Arc::new(SocketHandle {
-            id,
-            user: who.user_id.clone(),
-            out,
-            inbox: inbox_tx,
-            kill: CancellationToken::new(),
-            close_code: AtomicU16::new(0),
-        });
-        adapter.registry.users.add(handle.user.clone(), &handle);
         let writer = tokio::spawn(write(sink, outbox, handle.clone()).in_current_span());
-        let worker = worker::Worker::new(adapter.clone(), handle.clone(), conn.clone(), who);
+        let worker = worker::Worker::new(adapter.clone(), handle.clone(), who);
         let worker = tokio::spawn(worker.run(inbox).in_current_span());
         let reason = read(&adapter, stream, &handle).await;
         METRICS.disconnects.with_label_values(&[reason]).inc();

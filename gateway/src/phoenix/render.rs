@@ -22,22 +22,16 @@ pub enum Channel {
     ConversationOrUser(ConversationId),
 }
 
-/// What an event becomes for Phoenix sockets.
+/// What an event becomes for Phoenix sockets: a push on a channel. (A REST disconnect and a
+/// removal are not rendered: the domain closes the sockets and their channels.)
 #[derive(Debug)]
-pub enum Rendered {
-    /// A push on a channel.
-    Push {
-        /// Where.
-        channel: Channel,
-        /// The event name.
-        event: String,
-        /// The payload, serialised once.
-        payload: Box<RawValue>,
-    },
-    /// Close the receiving sockets, so that they come back (REST disconnect).
-    Close,
-    /// The receiving sockets' user was removed from the conversation: close that channel.
-    Remove(ConversationId),
+pub struct Rendered {
+    /// Where.
+    pub channel: Channel,
+    /// The event name.
+    pub event: String,
+    /// The payload, serialised once.
+    pub payload: Box<RawValue>,
 }
 
 /// A message: `{id, conversation_id, sender_id, content, message_type, attachments, metadata,
@@ -178,7 +172,7 @@ fn raw<T: Serialize>(value: &T) -> Option<Box<RawValue>> {
 }
 
 fn push<T: Serialize>(channel: Channel, event: &str, payload: &T) -> Option<Rendered> {
-    Some(Rendered::Push {
+    Some(Rendered {
         channel,
         event: event.to_owned(),
         payload: raw(payload)?,
@@ -278,8 +272,7 @@ pub fn render(event: &Event, direct_on: Channel) -> Option<Rendered> {
                 push(direct_on, event, &serde_json::json!({ "data": data }))
             }
         }
-        Event::Disconnect(_) => Some(Rendered::Close),
-        Event::MemberRemoved(m) => Some(Rendered::Remove(m.conversation_id.clone())),
+        Event::Disconnect(_) | Event::MemberRemoved(_) => None,
     }
 }
 
@@ -299,7 +292,7 @@ mod tests {
 
     fn payload(r: Option<Rendered>) -> serde_json::Value {
         match r {
-            Some(Rendered::Push { payload, .. }) => serde_json::from_str(payload.get()).unwrap_or_default(),
+            Some(Rendered { payload, .. }) => serde_json::from_str(payload.get()).unwrap_or_default(),
             _ => serde_json::Value::Null,
         }
     }

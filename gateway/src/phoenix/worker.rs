@@ -3,18 +3,18 @@
 //! adapter uses, after renaming seed 004's snake_case keys.
 
 use super::channels::{Channels, Route, TopicKind};
-use super::render::{self, ConversationUpdated, PhxMessage};
-use super::{PhoenixAdapter, SocketHandle, conversation_topic, user_topic};
+use super::render::{self, PhxMessage};
+use super::{PhoenixAdapter, SocketHandle, conversation_topic};
 use crate::auth::Identity;
-use crate::domain::DomainError;
+use crate::domain::{DomainError, Live};
 use crate::inbound;
 use crate::metrics::METRICS;
 use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use shared::event::{Message, ReceiptStatus};
+use shared::event::ReceiptStatus;
 use shared::phoenix::{self as codec, Frame};
-use shared::{ConnId, ConversationId, Status, UserId};
+use shared::{ConversationId, Status, UserId};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -27,8 +27,6 @@ pub enum Input {
     Frame(Frame, bool),
     /// The socket's user was removed from the conversation.
     Removed(ConversationId),
-    /// A message in a conversation the socket's `user:{id}` channel watches.
-    Watched(Arc<Message>),
 }
 
 /// Seed 004's payload keys and the names [`inbound`] reads.
@@ -82,26 +80,27 @@ struct JoinReply {
 pub struct Worker {
     adapter: Arc<PhoenixAdapter>,
     handle: Arc<SocketHandle>,
-    conn: ConnId,
     who: Identity,
     channels: Channels,
     /// Conversations whose messages the `user:{id}` channel hears of, while it is joined.
     watched: Vec<ConversationId>,
+    /// A conversation join's hold on live events, released once its reply is written.
+    live: Option<Live>,
 }
 
 impl Worker {
-    pub(super) fn new(adapter: Arc<PhoenixAdapter>, handle: Arc<SocketHandle>, conn: ConnId, who: Identity) -> Self {
+    pub(super) fn new(adapter: Arc<PhoenixAdapter>, handle: Arc<SocketHandle>, who: Identity) -> Self {
         Self {
             adapter,
             handle,
-            conn,
             who,
             channels: Channels::default(),
             watched: Vec::new(),
+            live: None,
         }
     }
 
-    /// Runs until the socket is killed, then takes it out of the registry and presence.
+    /// Runs until the socket is killed, then takes it out of the hub and presence.
     pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         loop {
             let input = tokio::select! {
@@ -111,17 +110,10 @@ impl Worker {
             match input {
                 Some(Input::Frame(frame, allowed)) => self.frame(frame, allowed).await,
                 Some(Input::Removed(conversation)) => self.removed(conversation).await,
-                Some(Input::Watched(message)) => self.watched(&message).await,
                 None => break,
             }
         }
-        self.unwatch_all().await;
-        let registry = &self.adapter.registry;
-        for topic in self.channels.topics() {
-            registry.topics.remove(topic, self.handle.id);
-        }
-        registry.users.remove(&self.handle.user, self.handle.id);
-        self.adapter.domain.disconnect(&self.conn).await;
+        self.adapter.domain.disconnect(&self.handle.local).await;
     }
 
     fn send(&self, frame: Result<String, serde_json::Error>) {
@@ -191,6 +183,7 @@ impl Worker {
                 if joined {
                     self.after_join(&frame).instrument(span).await;
                 }
+                self.live = None;
             }
         }
     }
@@ -227,16 +220,15 @@ impl Worker {
         }
         let response = match &kind {
             TopicKind::User(user) => {
-                self.watched = self.adapter.domain.watch(&self.who, user).await?;
-                for conversation in &self.watched {
-                    self.adapter.registry.watchers.add(conversation.clone(), &self.handle);
-                }
+                let local = &self.handle.local;
+                self.watched = self.adapter.domain.watch(local, &self.who, user).await?;
                 serde_json::json!({})
             }
             TopicKind::Conversation(conversation) => {
                 let last_seq = inbound::last_seq(&translate(payload, None))?;
                 let domain = &self.adapter.domain;
-                let joined = domain.join(&self.conn, &self.who, conversation, last_seq).await?;
+                let joined = domain.join(&self.handle.local, &self.who, conversation, last_seq).await?;
+                self.live = Some(joined.live);
                 let (missed, has_more) = match joined.missed {
                     Some(page) => (
                         Some(
@@ -261,7 +253,7 @@ impl Worker {
         };
         let join_ref = frame.join_ref.as_deref().unwrap_or_default();
         self.channels.joined(&frame.topic, join_ref);
-        self.adapter.registry.topics.add(frame.topic.clone(), &self.handle);
+        self.handle.set_joined(&frame.topic, true);
         Ok(response)
     }
 
@@ -289,11 +281,11 @@ impl Worker {
 
     async fn leave(&mut self, topic: &str, kind: &TopicKind) {
         self.channels.left(topic);
-        self.adapter.registry.topics.remove(topic, self.handle.id);
+        self.handle.set_joined(topic, false);
         match kind {
             TopicKind::User(_) => self.unwatch_all().await,
             TopicKind::Conversation(conversation) => {
-                if let Err(e) = self.adapter.domain.leave(&self.conn, &self.who, conversation).await {
+                if let Err(e) = self.adapter.domain.leave(&self.handle.local, &self.who, conversation).await {
                     tracing::warn!(error = %e, "leave not recorded in presence");
                 }
             }
@@ -302,53 +294,15 @@ impl Worker {
 
     async fn unwatch_all(&mut self) {
         let watched = std::mem::take(&mut self.watched);
-        for conversation in &watched {
-            self.adapter.registry.watchers.remove(conversation, self.handle.id);
-        }
-        self.adapter.domain.unwatch(&watched).await;
-    }
-
-    /// A message in a watched conversation: `conversation_updated` with the user's unread
-    /// count, and `new_message` too when the socket has not joined that conversation's topic.
-    async fn watched(&self, message: &Message) {
-        let own = user_topic(&self.who.user_id);
-        if self.channels.join_ref(&own).is_none() {
-            return;
-        }
-        if self
-            .channels
-            .join_ref(&conversation_topic(&message.conversation_id))
-            .is_none()
-        {
-            self.send(codec::encode(
-                None,
-                None,
-                &own,
-                "new_message",
-                &PhxMessage::from(message),
-            ));
-        }
-        let unread_count = match self.adapter.domain.unread(&self.who, &message.conversation_id).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(error = %e, "conversation_updated not sent");
-                return;
-            }
-        };
-        let update = ConversationUpdated {
-            conversation_id: &message.conversation_id,
-            last_message: PhxMessage::from(message),
-            unread_count,
-        };
-        self.send(codec::encode(None, None, &own, "conversation_updated", &update));
+        self.adapter.domain.unwatch(&self.handle.local, &watched).await;
     }
 
     /// A removed member's channel is closed: `phx_close`, which the client does not rejoin.
     async fn removed(&mut self, conversation: ConversationId) {
         if let Some(n) = self.watched.iter().position(|c| *c == conversation) {
             self.watched.swap_remove(n);
-            self.adapter.registry.watchers.remove(&conversation, self.handle.id);
-            self.adapter.domain.unwatch(std::slice::from_ref(&conversation)).await;
+            let local = &self.handle.local;
+            self.adapter.domain.unwatch(local, std::slice::from_ref(&conversation)).await;
         }
         let topic = conversation_topic(&conversation);
         let Some(join_ref) = self.channels.join_ref(&topic).map(str::to_owned) else {

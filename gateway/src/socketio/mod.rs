@@ -1,37 +1,37 @@
 //! The Socket.IO adapter (Socket.IO v5 over Engine.IO v4, WebSocket and long-polling):
 //! authenticates namespace connections, turns inbound events into domain commands and acks,
-//! and renders the domain events this node receives into each namespace's vocabulary.
+//! and renders the domain events the hub hands it into each namespace's vocabulary.
 //!
 //! Engine.IO sessions and their transports are in [`engine`]; this module sees Socket.IO
-//! packets. An event is rendered and encoded once per namespace, then handed to each
-//! recipient's session, which writes it straight to the socket when nothing waits before it.
+//! packets. Each namespace is one outlet of the hub: an event is rendered and encoded once per
+//! namespace, then handed to each recipient's session, which writes it straight to the socket
+//! when nothing waits before it.
 
+mod commands;
 mod engine;
 mod packet;
+mod pressure;
 mod profile;
 mod ws;
 
 pub use profile::{Profile, profile};
 
 use crate::auth::{Identity, JwtSettings};
-use crate::bus::LocalSink;
 use crate::config::{Config, RateLimit};
-use crate::domain::{Domain, DomainError, RateLimiter};
-use crate::inbound;
-use crate::index::{Index, Indexed};
+use crate::domain::{Connection, Domain, DomainError, Local, Outlet, RateLimiter};
 use crate::metrics::METRICS;
-use async_trait::async_trait;
 use axum::Router;
+use commands::{ErrorBody, Failure, INBOUND, Reply, Success};
 use engine::{CloseReason, Engine, EngineSettings, Handler, Session};
 use futures::FutureExt;
 use packet::Kind;
+use pressure::Pressure;
 use serde::Serialize;
 use serde_json::Value;
-use shared::event::{Membership, Message, ReceiptStatus};
-use shared::{ConnId, ConversationId, Delivery, Event, NodeId, Status, Topic, UserId};
+use shared::{ConnId, ConversationId, Delivery, NodeId, UserId};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -44,120 +44,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many batches a drain closes client transports in.
 const DRAIN_BATCHES: usize = 10;
 
-/// The fan-out's load, measured over windows of this length: short, so that an overload is
-/// answered within a few of them.
-const PRESSURE_WINDOW: Duration = Duration::from_millis(20);
-/// Share of a window spent fanning out above which frames are queued for each session's
-/// task to write in batches, and below which they are written straight again.
-const PRESSURE_HIGH: f64 = 0.7;
-const PRESSURE_LOW: f64 = 0.4;
-
-/// How busy the fan-out has been lately. Writing each frame straight to its socket is the
-/// cheapest path and the fastest while the node keeps up; when it does not, frames wait in
-/// the sessions' queues and each session's task writes them together (one writev for many),
-/// so throughput grows with load instead of collapsing at one system call per delivery.
-struct Pressure {
-    state: Mutex<PressureState>,
-}
-
-struct PressureState {
-    since: tokio::time::Instant,
-    busy: Duration,
-    batching: bool,
-}
-
-impl Pressure {
-    fn new() -> Self {
-        Self {
-            state: Mutex::new(PressureState {
-                since: tokio::time::Instant::now(),
-                busy: Duration::ZERO,
-                batching: false,
-            }),
-        }
-    }
-
-    /// Whether to batch now; closes the window when it is over.
-    fn batching(&self) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let elapsed = st.since.elapsed();
-        if elapsed >= PRESSURE_WINDOW {
-            let share = st.busy.as_secs_f64() / elapsed.as_secs_f64();
-            let was = st.batching;
-            st.batching = if was {
-                share > PRESSURE_LOW
-            } else {
-                share > PRESSURE_HIGH
-            };
-            if st.batching != was {
-                tracing::debug!(share, batching = st.batching, "fan-out pressure changed");
-            }
-            st.since = tokio::time::Instant::now();
-            st.busy = Duration::ZERO;
-        }
-        st.batching
-    }
-
-    fn record(&self, busy: Duration) {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).busy += busy;
-    }
-}
-
-/// Inbound events and the command each one is (PROTOCOL.md 2.2), aliases included.
-const INBOUND: &[(&str, Command)] = &[
-    ("register", Command::Register),
-    ("room:join", Command::Join),
-    ("conversation:join", Command::Join),
-    ("join-bam", Command::Join),
-    ("room:leave", Command::Leave),
-    ("conversation:leave", Command::Leave),
-    ("leave-bam", Command::Leave),
-    ("typing:start", Command::TypingStart),
-    ("typing-start", Command::TypingStart),
-    ("typing:stop", Command::TypingStop),
-    ("typing-stop", Command::TypingStop),
-    ("message:typing", Command::Typing),
-    ("presence:update", Command::Status),
-    ("status-change", Command::Status),
-    ("conversation:users:online", Command::OnlineUsers),
-    ("message:send", Command::Send),
-    ("send-message", Command::Send),
-    ("message:delivered", Command::Delivered),
-    ("message:read", Command::Read),
-    ("conversation:read", Command::ReadAll),
-    ("mark_all_read", Command::ReadAll),
-    ("reaction:add", Command::ReactionAdd),
-    ("reaction:remove", Command::ReactionRemove),
-    ("conversation:history", Command::History),
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Command {
-    Register,
-    Join,
-    Leave,
-    TypingStart,
-    TypingStop,
-    Typing,
-    Status,
-    OnlineUsers,
-    Send,
-    Delivered,
-    Read,
-    ReadAll,
-    ReactionAdd,
-    ReactionRemove,
-    History,
-}
-
-/// What a socket receives: a conversation's events, a user's, or everything.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Room {
-    Conversation(ConversationId),
-    User(UserId),
-    All,
-}
-
 /// What every handler needs.
 struct Ctx {
     domain: Arc<Domain>,
@@ -169,7 +55,7 @@ struct Ctx {
 
 /// One namespace connection's state.
 struct Conn {
-    id: ConnId,
+    local: Local,
     identity: OnceLock<Identity>,
     rate: RateLimiter,
     order: Sequencer,
@@ -178,7 +64,9 @@ struct Conn {
 /// Runs a connection's events one after the other, in arrival order: each event runs in its
 /// own task (so a slow database never delays reading the connection), so without this a
 /// `typing:stop` could overtake its `typing:start`. Each event waits for the previous one's
-/// ticket; a finished (or panicked) event drops its ticket, which releases the next.
+/// ticket; a finished (or panicked) event drops its ticket, which releases the next. A
+/// removal from a conversation and the socket's end take tickets too: they run after the
+/// commands before them (a join in flight) and never beside them.
 #[derive(Default)]
 struct Sequencer {
     last: Mutex<Option<oneshot::Receiver<()>>>,
@@ -207,26 +95,82 @@ impl Ticket {
 
 /// A Socket.IO socket: one namespace of one Engine.IO session.
 struct SioSocket {
-    key: u64,
     /// Index of the namespace in the adapter's list.
     ns: u8,
+    /// The namespace's outlet in the hub.
+    outlet: usize,
     sid: Box<str>,
     session: Arc<Session<SioSession>>,
     conn: Conn,
-    /// The rooms it is filed under, to unfile it when it goes.
-    rooms: Mutex<Vec<Room>>,
     gone: AtomicBool,
+    adapter: Weak<SocketIoAdapter>,
 }
 
-impl Indexed for SioSocket {
-    fn index_id(&self) -> u64 {
-        self.key
+impl Connection for SioSocket {
+    fn outlet(&self) -> usize {
+        self.outlet
+    }
+
+    fn user(&self) -> Option<&UserId> {
+        self.conn.identity.get().map(|i| &i.user_id)
+    }
+
+    fn kick(&self) {
+        if let Some(adapter) = self.adapter.upgrade() {
+            adapter.server_disconnect(self);
+        }
+    }
+
+    fn shed(&self) {
+        METRICS.outbound_dropped.inc();
+        self.session.close_now(CloseReason::SlowConsumer);
+    }
+
+    fn removed(&self, conversation: &ConversationId) {
+        let (Some(adapter), Some(who)) = (self.adapter.upgrade(), self.conn.identity.get().cloned()) else {
+            return;
+        };
+        let mut ticket = self.conn.order.ticket();
+        let (local, conversation) = (self.conn.local.clone(), conversation.clone());
+        tokio::spawn(async move {
+            ticket.wait().await;
+            if let Err(e) = adapter.ctx.domain.leave(&local, &who, &conversation).await {
+                tracing::warn!(conn = %local.id, error = %e, "removed member not taken out of presence");
+            }
+        });
     }
 }
 
-impl SioSocket {
-    fn user(&self) -> Option<&UserId> {
-        self.conn.identity.get().map(|i| &i.user_id)
+/// A namespace's renderer: one encoding of each event for all its recipients.
+struct Namespace {
+    name: String,
+    profile: &'static Profile,
+    pressure: Arc<Pressure>,
+}
+
+impl Outlet for Namespace {
+    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]) {
+        let Some((name, payload)) = self.profile.render(&delivery.event) else {
+            return;
+        };
+        let encoded = match packet::event(&self.name, name, &payload) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(ns = %self.name, event = name, error = %e, "event not rendered");
+                return;
+            }
+        };
+        let sessions = to
+            .iter()
+            .filter_map(|c| (*c as &dyn std::any::Any).downcast_ref::<SioSocket>())
+            .map(|s| &s.session);
+        let started = std::time::Instant::now();
+        if self.pressure.batching() {
+            sessions.for_each(|s| s.enqueue(encoded.clone()));
+        } else {
+            sessions.for_each(|s| s.send(encoded.clone()));
+        }
+        self.pressure.record(started.elapsed());
     }
 }
 
@@ -246,85 +190,13 @@ impl SioSession {
     }
 }
 
-/// A successful ack: `{ success: true, … }`.
-#[derive(Serialize)]
-struct Success<T: Serialize> {
-    success: bool,
-    #[serde(flatten)]
-    body: T,
-}
-
-#[derive(Serialize)]
-#[serde(untagged, rename_all_fields = "camelCase")]
-enum Reply {
-    Registered {
-        user_id: UserId,
-    },
-    Joined {
-        message: String,
-        conversation_id: ConversationId,
-        online_users: Vec<UserId>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        missed: Option<Vec<Message>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        has_more: Option<bool>,
-    },
-    Sent {
-        message: Message,
-    },
-    History {
-        messages: Vec<Message>,
-        has_more: bool,
-    },
-    Left {
-        conversation_id: ConversationId,
-    },
-    Status {
-        status: Status,
-    },
-    Online {
-        online_users: Vec<UserId>,
-    },
-    Done {},
-}
-
-#[derive(Serialize)]
-struct Failure<'a> {
-    success: bool,
-    error: ErrorBody<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'static str,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JoinConfirmation<'a> {
-    conversation_id: &'a ConversationId,
-    online_users: &'a [UserId],
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SendConfirmation<'a> {
-    temp_id: Option<&'a str>,
-    message: &'a Message,
-}
-
-/// The Socket.IO side of a node: its routes, and the sink the bus delivers to.
+/// The Socket.IO side of a node: its routes, and one hub outlet per namespace.
 pub struct SocketIoAdapter {
     engine: Engine<SioSession>,
     namespaces: Vec<(String, &'static Profile)>,
+    /// Per namespace (in `namespaces` order): its outlet in the hub.
+    outlets: Vec<usize>,
     ctx: Ctx,
-    /// Per namespace (in `namespaces` order): sockets by room.
-    rooms: Vec<Index<Room, SioSocket>>,
-    next_key: AtomicU64,
-    pressure: Pressure,
 }
 
 impl SocketIoAdapter {
@@ -340,6 +212,17 @@ impl SocketIoAdapter {
         if namespaces.len() > usize::from(u8::MAX) {
             return Err("too many Socket.IO namespaces (at most 255)".into());
         }
+        let pressure = Arc::new(Pressure::new());
+        let outlets = namespaces
+            .iter()
+            .map(|(name, profile)| {
+                domain.add_outlet(Arc::new(Namespace {
+                    name: name.clone(),
+                    profile,
+                    pressure: pressure.clone(),
+                }))
+            })
+            .collect();
         Ok(Arc::new(Self {
             engine: Engine::new(EngineSettings {
                 ping_interval: PING_INTERVAL,
@@ -347,8 +230,8 @@ impl SocketIoAdapter {
                 max_payload: usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX),
                 max_queue: config.socketio.max_outbound_queue,
             }),
-            rooms: namespaces.iter().map(|_| Index::default()).collect(),
             namespaces,
+            outlets,
             ctx: Ctx {
                 domain,
                 jwt,
@@ -356,8 +239,6 @@ impl SocketIoAdapter {
                 rate: config.socketio.rate_limit,
                 node_id: config.node_id.clone(),
             },
-            next_key: AtomicU64::new(1),
-            pressure: Pressure::new(),
         }))
     }
 
@@ -374,27 +255,6 @@ impl SocketIoAdapter {
 
     fn profile(&self, ns: u8) -> &'static Profile {
         self.namespaces.get(usize::from(ns)).map_or(&profile::ALT, |(_, p)| *p)
-    }
-
-    fn room_index(&self, ns: u8) -> &Index<Room, SioSocket> {
-        // `ns` is always a position in `namespaces`, which `rooms` follows.
-        &self.rooms[usize::from(ns)]
-    }
-
-    fn join_room(&self, socket: &Arc<SioSocket>, room: Room) {
-        let mut rooms = socket.rooms.lock().unwrap_or_else(PoisonError::into_inner);
-        if !rooms.contains(&room) {
-            rooms.push(room.clone());
-            self.room_index(socket.ns).add(room, socket);
-        }
-    }
-
-    fn leave_room(&self, socket: &SioSocket, room: Room) {
-        let mut rooms = socket.rooms.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = rooms.iter().position(|r| *r == room) {
-            rooms.swap_remove(i);
-            self.room_index(socket.ns).remove(&room, socket.key);
-        }
     }
 
     /// Sends `name` with `payload` to one socket.
@@ -427,31 +287,32 @@ impl SocketIoAdapter {
             }
         };
         let sid = engine::random_id();
+        // One Engine.IO session carries a socket per namespace.
+        let id = ConnId(format!("{}:{}:{}", self.ctx.node_id, ns_name, sid));
         let socket = Arc::new(SioSocket {
-            key: self.next_key.fetch_add(1, Ordering::Relaxed),
             ns,
+            outlet: self.outlets.get(usize::from(ns)).copied().unwrap_or(usize::MAX),
             conn: Conn {
-                // One Engine.IO session carries a socket per namespace.
-                id: ConnId(format!("{}:{}:{}", self.ctx.node_id, ns_name, sid)),
+                local: self.ctx.domain.local(id),
                 identity: OnceLock::new(),
                 rate: RateLimiter::new(self.ctx.rate),
                 order: Sequencer::default(),
             },
             sid,
             session: session.clone(),
-            rooms: Mutex::default(),
             gone: AtomicBool::new(false),
+            adapter: Arc::downgrade(&self),
         });
+        let domain = &self.ctx.domain;
+        domain.attach(&socket.conn.local, socket.clone());
         if let Some(who) = identity {
-            self.join_room(&socket, Room::User(who.user_id.clone()));
-            if let Err(e) = self.ctx.domain.connect(&socket.conn.id, &who).await {
-                self.leave_room(&socket, Room::User(who.user_id));
+            if let Err(e) = domain.connect(&socket.conn.local, &who).await {
+                domain.detach(&socket.conn.local).await;
                 session.send(packet::connect_error(&ns_name, &format!("{}: {e}", e.code().as_str())));
                 return;
             }
             let _ = socket.conn.identity.set(who);
         }
-        self.join_room(&socket, Room::All);
         session
             .data
             .sockets
@@ -464,41 +325,39 @@ impl SocketIoAdapter {
             self.socket_gone(&socket, CloseReason::TransportClose);
             return;
         }
-        tracing::debug!(conn = %socket.conn.id, "connected");
+        tracing::debug!(conn = %socket.conn.local.id, "connected");
         session.send(packet::connected(&ns_name, &socket.sid));
     }
 
-    /// A socket's end, whatever the cause: unfiled, and the domain told, once.
-    fn socket_gone(&self, socket: &Arc<SioSocket>, reason: CloseReason) {
+    /// A socket's end, whatever the cause: the domain told, once, after the commands already
+    /// admitted (a join in flight is undone by it, never left behind).
+    fn socket_gone(&self, socket: &SioSocket, reason: CloseReason) {
         if socket.gone.swap(true, Ordering::AcqRel) {
             return;
         }
+        let key = socket.conn.local.key;
         socket
             .session
             .data
             .sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|s| s.key != socket.key);
-        let rooms = std::mem::take(&mut *socket.rooms.lock().unwrap_or_else(PoisonError::into_inner));
-        for room in rooms {
-            self.room_index(socket.ns).remove(&room, socket.key);
-        }
+            .retain(|s| s.conn.local.key != key);
         METRICS.connections.dec();
         METRICS.disconnects.with_label_values(&[reason.label()]).inc();
         let mut ticket = socket.conn.order.ticket();
         let domain = self.ctx.domain.clone();
-        let socket = socket.clone();
+        let local = socket.conn.local.clone();
         tokio::spawn(async move {
             ticket.wait().await;
-            tracing::debug!(conn = %socket.conn.id, ?reason, "disconnected");
-            domain.disconnect(&socket.conn.id).await;
+            tracing::debug!(conn = %local.id, ?reason, "disconnected");
+            domain.disconnect(&local).await;
         });
     }
 
     /// Closes a namespace from the server side (`io server disconnect` for the client), and
     /// the session with its last namespace.
-    fn server_disconnect(&self, socket: &Arc<SioSocket>) {
+    fn server_disconnect(&self, socket: &SioSocket) {
         socket.session.send(packet::disconnect(self.ns_name(socket.ns)));
         self.socket_gone(socket, CloseReason::ServerClose);
         let empty = socket
@@ -537,7 +396,7 @@ impl SocketIoAdapter {
             Err(e) => (String::new(), Err(e)),
         };
         let command = INBOUND.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
-        let span = tracing::info_span!("sio_event", event = %name, conn = %socket.conn.id);
+        let span = tracing::info_span!("sio_event", event = %name, conn = %socket.conn.local.id);
         let result = match (allowed, payload, command) {
             (false, _, _) => Err(DomainError::RateLimited),
             (true, Err(e), _) => Err(DomainError::BadRequest(format!("unreadable event: {e}"))),
@@ -551,7 +410,14 @@ impl SocketIoAdapter {
                     Err(DomainError::Internal)
                 }),
         };
+        // A join's socket starts hearing the conversation once its answer is written.
+        let mut result = result;
+        let live = match &mut result {
+            Ok(Reply::Joined { live, .. }) => live.take(),
+            _ => None,
+        };
         self.reply(&socket, &name, ack, result);
+        drop(live);
     }
 
     /// The one place a command's outcome becomes what the client sees: an ack when it asked
@@ -589,24 +455,6 @@ impl SocketIoAdapter {
         match encoded {
             Ok(p) => socket.session.send(p),
             Err(e) => tracing::warn!(event, error = %e, "reply not encoded"),
-        }
-    }
-
-    /// A removed member's local connections leave the conversation at once.
-    async fn remove_member(&self, sockets: Vec<Arc<SioSocket>>, removed: &Membership) {
-        for socket in sockets {
-            let Some(who) = socket.conn.identity.get() else {
-                continue;
-            };
-            if let Err(e) = self
-                .ctx
-                .domain
-                .leave(&socket.conn.id, who, &removed.conversation_id)
-                .await
-            {
-                tracing::warn!(conn = %socket.conn.id, error = %e, "removed member not taken out of presence");
-            }
-            self.leave_room(&socket, Room::Conversation(removed.conversation_id.clone()));
         }
     }
 
@@ -688,216 +536,5 @@ impl Handler for SocketIoAdapter {
         for socket in sockets {
             self.socket_gone(&socket, reason);
         }
-    }
-}
-
-#[async_trait]
-impl LocalSink for SocketIoAdapter {
-    async fn deliver(&self, delivery: Arc<Delivery>) {
-        let room = match &delivery.topic {
-            Topic::Conversation(c) => Room::Conversation(c.clone()),
-            Topic::User(u) => Room::User(u.clone()),
-            Topic::All => Room::All,
-        };
-        for ((ns, profile), rooms) in self.namespaces.iter().zip(&self.rooms) {
-            let mut sockets = rooms.get(&room);
-            if let Some(except) = &delivery.except_user {
-                sockets.retain(|s| s.user() != Some(except));
-            }
-            if sockets.is_empty() {
-                continue;
-            }
-            match &delivery.event {
-                Event::Disconnect(_) => {
-                    for socket in &sockets {
-                        self.server_disconnect(socket);
-                    }
-                    continue;
-                }
-                Event::MemberRemoved(removed) => {
-                    self.remove_member(sockets, removed).await;
-                    continue;
-                }
-                _ => {}
-            }
-            let Some((name, payload)) = profile.render(&delivery.event) else {
-                continue;
-            };
-            let encoded = match packet::event(ns, name, &payload) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(ns = %ns, event = name, error = %e, "event not rendered");
-                    continue;
-                }
-            };
-            let started = std::time::Instant::now();
-            if self.pressure.batching() {
-                for socket in &sockets {
-                    socket.session.enqueue(encoded.clone());
-                }
-            } else {
-                for socket in &sockets {
-                    socket.session.send(encoded.clone());
-                }
-            }
-            self.pressure.record(started.elapsed());
-        }
-    }
-}
-
-impl SocketIoAdapter {
-    async fn dispatch(&self, socket: &Arc<SioSocket>, command: Command, payload: Value) -> Result<Reply, DomainError> {
-        let conn = &socket.conn;
-        let who = match command {
-            Command::Register => return self.register(socket, &payload).await,
-            _ => conn
-                .identity
-                .get()
-                .ok_or_else(|| DomainError::Unauthorized("connect with a token or register first".into()))?,
-        };
-        let domain = &self.ctx.domain;
-        match command {
-            Command::Register => Err(DomainError::Internal),
-            Command::Join => {
-                let conversation = inbound::conversation(&payload)?;
-                let last_seq = inbound::last_seq(&payload)?;
-                let joined = domain.join(&conn.id, who, &conversation, last_seq).await?;
-                self.join_room(socket, Room::Conversation(conversation.clone()));
-                if let Some(name) = self.profile(socket.ns).join_confirmation {
-                    let confirmation = JoinConfirmation {
-                        conversation_id: &conversation,
-                        online_users: &joined.online_users,
-                    };
-                    self.emit(socket, name, &confirmation);
-                }
-                let (missed, has_more) = match joined.missed {
-                    Some(page) => (Some(page.messages), Some(page.has_more)),
-                    None => (None, None),
-                };
-                Ok(Reply::Joined {
-                    message: format!("Joined conversation {conversation}"),
-                    conversation_id: conversation,
-                    online_users: joined.online_users,
-                    missed,
-                    has_more,
-                })
-            }
-            Command::Leave => {
-                let conversation = inbound::conversation(&payload)?;
-                domain.leave(&conn.id, who, &conversation).await?;
-                self.leave_room(socket, Room::Conversation(conversation.clone()));
-                Ok(Reply::Left {
-                    conversation_id: conversation,
-                })
-            }
-            Command::TypingStart | Command::TypingStop => {
-                let conversation = inbound::conversation(&payload)?;
-                domain
-                    .typing(who, &conversation, command == Command::TypingStart)
-                    .await?;
-                Ok(Reply::Done {})
-            }
-            Command::Typing => {
-                let (conversation, is_typing) = inbound::typing(&payload)?;
-                domain.typing(who, &conversation, is_typing).await?;
-                Ok(Reply::Done {})
-            }
-            Command::Status => {
-                let status = domain.set_status(who, inbound::status(&payload)?).await?;
-                Ok(Reply::Status { status })
-            }
-            Command::OnlineUsers => {
-                let conversation = inbound::conversation(&payload)?;
-                let online_users = domain.conversation_online(Some(who), &conversation).await?;
-                Ok(Reply::Online { online_users })
-            }
-            Command::Send => {
-                let sent = domain.send(who, inbound::send(&payload)?).await?;
-                if let Some(name) = self.profile(socket.ns).send_confirmation {
-                    let confirmation = SendConfirmation {
-                        temp_id: sent.message.temp_id.as_deref(),
-                        message: &sent.message,
-                    };
-                    self.emit(socket, name, &confirmation);
-                }
-                Ok(Reply::Sent { message: sent.message })
-            }
-            Command::Delivered | Command::Read => {
-                let status = match command {
-                    Command::Read => ReceiptStatus::Read,
-                    _ => ReceiptStatus::Delivered,
-                };
-                domain.receipt(who, &inbound::message_id(&payload)?, status).await?;
-                Ok(Reply::Done {})
-            }
-            Command::ReadAll => {
-                domain.mark_all_read(who, &inbound::conversations(&payload)?).await?;
-                Ok(Reply::Done {})
-            }
-            Command::ReactionAdd | Command::ReactionRemove => {
-                let (message_id, reaction) = inbound::reaction(&payload)?;
-                domain
-                    .react(who, &message_id, &reaction, command == Command::ReactionAdd)
-                    .await?;
-                Ok(Reply::Done {})
-            }
-            Command::History => {
-                let page = domain.history(Some(who), inbound::history(&payload)?).await?;
-                Ok(Reply::History {
-                    messages: page.messages,
-                    has_more: page.has_more,
-                })
-            }
-        }
-    }
-
-    /// `register` (seed 000): binds an anonymous connection to a user id.
-    async fn register(&self, socket: &Arc<SioSocket>, payload: &Value) -> Result<Reply, DomainError> {
-        let conn = &socket.conn;
-        if !self.ctx.allow_register {
-            return Err(DomainError::Unauthorized(
-                "register is not enabled on this server (--allow-register)".into(),
-            ));
-        }
-        if conn.identity.get().is_some() {
-            return Err(DomainError::BadRequest("this connection already has a user".into()));
-        }
-        let user_id = inbound::user(payload)?;
-        let who = Identity::registered(user_id.clone());
-        self.join_room(socket, Room::User(user_id.clone()));
-        if let Err(e) = self.ctx.domain.connect(&conn.id, &who).await {
-            self.leave_room(socket, Room::User(user_id.clone()));
-            return Err(e);
-        }
-        let _ = conn.identity.set(who);
-        Ok(Reply::Registered { user_id })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn pressure_batches_above_high_and_stops_below_low() {
-        let p = Pressure::new();
-        assert!(!p.batching(), "an idle node writes straight");
-        let share = |f: f64| PRESSURE_WINDOW.mul_f64(f);
-        // 90 % of a window spent fanning out: above HIGH.
-        p.record(share(0.9));
-        tokio::time::advance(PRESSURE_WINDOW).await;
-        assert!(p.batching());
-        // Between LOW and HIGH: batching holds (hysteresis).
-        p.record(share((PRESSURE_LOW + PRESSURE_HIGH) / 2.0));
-        tokio::time::advance(PRESSURE_WINDOW).await;
-        assert!(p.batching());
-        // Below LOW: straight writes again.
-        p.record(share(PRESSURE_LOW / 2.0));
-        tokio::time::advance(PRESSURE_WINDOW).await;
-        assert!(!p.batching());
-        // A window still open keeps the decision.
-        p.record(share(0.95));
-        tokio::time::advance(PRESSURE_WINDOW / 2).await;
-        assert!(!p.batching());
     }
 }

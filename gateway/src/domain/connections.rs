@@ -1,0 +1,324 @@
+//! A local connection's life in the cluster: connect, join, leave, watch, disconnect. Each
+//! step changes the hub (what this node delivers to the socket), the bus subscriptions that
+//! follow it, and presence (what the cluster knows) — in that order, so that nothing
+//! published after a step is missed, and undone in reverse when a later step fails.
+
+use super::hub::{Connection, Gone, Local};
+use super::{Domain, DomainError, publish_member_left, publish_roster, roster_entry};
+use crate::auth::Identity;
+use crate::config::AccessMode;
+use crate::presence::ConnectionEntry;
+use crate::store::HistoryQuery;
+use chrono::Utc;
+use shared::event::{Membership, PresenceInfo};
+use shared::{ConnId, ConversationId, Delivery, Event, Status, Topic, UserId};
+use std::sync::Arc;
+
+/// Most messages a join with `lastSeq` returns; the client pages the rest with history.
+pub const MAX_MISSED: u32 = 100;
+
+impl From<Gone> for DomainError {
+    fn from(_: Gone) -> Self {
+        DomainError::Unavailable("connection closed".into())
+    }
+}
+
+/// The answer to a successful join.
+pub struct Joined {
+    /// Users with a connection joined to the conversation, cluster-wide, the joiner included.
+    pub online_users: Vec<UserId>,
+    /// With a `lastSeq`: the messages after it (at most [`MAX_MISSED`]), and whether more exist.
+    pub missed: Option<crate::store::HistoryPage>,
+    /// Starts live delivery when dropped: drop it after writing the answer, so the events
+    /// that arrived meanwhile follow the answer, without the messages it already holds.
+    pub live: Live,
+}
+
+/// Holds a joined socket's events until the join's answer is written.
+pub struct Live {
+    hub: Arc<super::hub::Hub>,
+    key: u64,
+    topic: Topic,
+    after: Option<i64>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.hub.activate(self.key, &self.topic, self.after);
+    }
+}
+
+impl Domain {
+    /// A key for a new local connection with cluster-wide id `id`.
+    pub fn local(&self, id: ConnId) -> Local {
+        self.hub.local(id)
+    }
+
+    /// Files a new socket on this node: it hears broadcasts from now on.
+    pub fn attach(&self, local: &Local, conn: Arc<dyn Connection>) {
+        self.hub.attach(local, conn);
+    }
+
+    /// Unfiles a socket at once (no event reaches it after this); [`Domain::disconnect`]
+    /// still tells the cluster.
+    pub async fn detach(&self, local: &Local) {
+        for topic in self.hub.detach(local.key) {
+            self.hub.sync(&topic).await;
+        }
+    }
+
+    /// Registers an authenticated connection: it receives everything sent to its user, and
+    /// the user's contacts hear that they came online when it is their first connection.
+    pub async fn connect(&self, local: &Local, who: &Identity) -> Result<(), DomainError> {
+        let circles = match self.access.mode() {
+            AccessMode::Members => self
+                .conversations
+                .conversations_of(&who.user_id)
+                .await?
+                .into_iter()
+                .map(|c| c.0)
+                .collect(),
+            _ => who
+                .conversations
+                .as_ref()
+                .map(|c| c.entries().to_vec())
+                .unwrap_or_default(),
+        };
+        let topic = Topic::User(who.user_id.clone());
+        self.hub.join(local.key, &topic, false)?;
+        self.hub.sync(&topic).await;
+        let entry = ConnectionEntry {
+            conn: local.id.clone(),
+            user: who.user_id.clone(),
+            circles,
+        };
+        let registered = match self.presence.connect(entry).await {
+            Ok(arrived) => Ok(arrived),
+            Err(e) => {
+                // The call may still be applied after its timeout: undo it, idempotently.
+                self.presence.disconnect(&local.id).await.ok();
+                Err(DomainError::from(e))
+            }
+        };
+        let registered_ok = registered.is_ok();
+        let told = match registered {
+            Ok(true) => {
+                let info = PresenceInfo {
+                    user_id: who.user_id.clone(),
+                    status: Status::Online,
+                    last_seen: None,
+                };
+                self.tell_contacts(&who.user_id, Event::UserOnline(info)).await
+            }
+            other => other.map(|_| ()),
+        };
+        if let Err(e) = told {
+            // A refused connection leaves no trace: not online, not subscribed.
+            if registered_ok {
+                self.presence.disconnect(&local.id).await.ok();
+            }
+            if self.hub.leave(local.key, &topic) {
+                self.hub.sync(&topic).await;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Forgets a closed connection: member-left for conversations it was the user's last in,
+    /// and, after the offline grace, user-offline if the user did not come back. The hub, not
+    /// presence, says what the node stops receiving: Redis may have forgotten the connection.
+    pub async fn disconnect(&self, local: &Local) {
+        self.detach(local).await;
+        let gone = match self.presence.disconnect(&local.id).await {
+            Ok(Some(gone)) => gone,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence lost a disconnect; its entries expire with their TTL");
+                return;
+            }
+        };
+        for conversation in &gone.joined {
+            let entry = roster_entry(&local.id, &gone.user, gone.status, Utc::now());
+            publish_roster(self.bus.as_ref(), conversation, Vec::new(), vec![entry]).await;
+        }
+        for conversation in gone.left {
+            self.member_left(conversation, gone.user.clone()).await;
+        }
+        if gone.last_connection {
+            self.settle_after_grace(gone.user, gone.was_visible);
+        }
+    }
+
+    /// Joins a connection to a conversation so it receives its events; with `last_seq`, also
+    /// answers the messages stored after it. Every message with a seq above `last_seq` reaches
+    /// the socket once, in order: in the answer, or live after it.
+    pub async fn join(
+        &self,
+        local: &Local,
+        who: &Identity,
+        conversation: &ConversationId,
+        last_seq: Option<i64>,
+    ) -> Result<Joined, DomainError> {
+        self.access.check(Some(who), conversation).await?;
+        let topic = Topic::Conversation(conversation.clone());
+        // Filed (waiting) and subscribed before anything is read, so that nothing stored from
+        // now on is missed; what arrives meanwhile waits for the answer.
+        let filed = self.hub.join(local.key, &topic, true)?;
+        let undo = |domain: &Self| {
+            let emptied = !filed.already && domain.hub.leave(local.key, &topic);
+            (emptied, topic.clone())
+        };
+        self.hub.sync(&topic).await;
+        if filed.unsettled {
+            self.settle(conversation).await;
+        }
+        let at = Utc::now();
+        let change = match self.presence.join(&local.id, conversation, at).await {
+            Ok(change) => change,
+            Err(e) => {
+                // A timed-out join may still be applied: take it back, idempotently.
+                self.presence.leave(&local.id, conversation).await.ok();
+                let (emptied, topic) = undo(self);
+                if emptied {
+                    self.hub.sync(&topic).await;
+                }
+                return Err(e.into());
+            }
+        };
+        let answer = async {
+            let online_users = self.presence.conversation_online(conversation).await?;
+            let missed = match last_seq {
+                Some(after) => {
+                    let query = HistoryQuery {
+                        before: None,
+                        after: Some(after),
+                        limit: MAX_MISSED,
+                    };
+                    Some(self.messages.history(conversation, query).await?)
+                }
+                None => None,
+            };
+            Ok::<_, DomainError>((online_users, missed))
+        }
+        .await;
+        let (online_users, missed) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                if change.connection {
+                    self.presence.leave(&local.id, conversation).await.ok();
+                }
+                let (emptied, topic) = undo(self);
+                if emptied {
+                    self.hub.sync(&topic).await;
+                }
+                return Err(e);
+            }
+        };
+        if change.connection {
+            let entry = roster_entry(&local.id, &who.user_id, change.status, at);
+            publish_roster(self.bus.as_ref(), conversation, vec![entry], Vec::new()).await;
+        }
+        if change.user {
+            let event = Event::MemberJoined(Membership {
+                conversation_id: conversation.clone(),
+                user_id: who.user_id.clone(),
+            });
+            if let Err(e) = self
+                .bus
+                .publish(Delivery::to(topic.clone(), event).except(who.user_id.clone()))
+                .await
+            {
+                tracing::warn!(error = %e, "member joined not published");
+            }
+        }
+        let after = last_seq.map(|n| {
+            missed
+                .as_ref()
+                .and_then(|page| page.messages.last())
+                .map_or(n, |m| m.seq.max(n))
+        });
+        Ok(Joined {
+            online_users,
+            missed,
+            live: Live {
+                hub: self.hub.clone(),
+                key: local.key,
+                topic,
+                after,
+            },
+        })
+    }
+
+    /// The latest seq stored in a conversation, as the baseline of its release order here.
+    async fn settle(&self, conversation: &ConversationId) {
+        let query = HistoryQuery {
+            before: None,
+            after: None,
+            limit: 1,
+        };
+        match self.messages.history(conversation, query).await {
+            Ok(page) => {
+                let latest = page.messages.last().map_or(0, |m| m.seq);
+                self.hub.settle(conversation, latest);
+            }
+            Err(e) => tracing::debug!(error = %e, "no release baseline; the first message sets it"),
+        }
+    }
+
+    /// Takes a connection out of a conversation.
+    pub async fn leave(&self, local: &Local, who: &Identity, conversation: &ConversationId) -> Result<(), DomainError> {
+        let topic = Topic::Conversation(conversation.clone());
+        if self.hub.leave(local.key, &topic) {
+            self.hub.sync(&topic).await;
+        }
+        let change = self.presence.leave(&local.id, conversation).await?;
+        if change.connection {
+            let entry = roster_entry(&local.id, &who.user_id, change.status, Utc::now());
+            publish_roster(self.bus.as_ref(), conversation, Vec::new(), vec![entry]).await;
+        }
+        if change.user {
+            self.member_left(conversation.clone(), who.user_id.clone()).await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn member_left(&self, conversation: ConversationId, user: UserId) {
+        self.typing.finish(conversation.clone(), user.clone());
+        publish_member_left(self.bus.as_ref(), conversation, user).await;
+    }
+
+    /// The conversations whose messages a user's own channel hears of (seed 004's `user:{id}`):
+    /// their conversations in `members` mode, the plain ids of their claim in `claims` mode
+    /// (patterns name no conversation), none in `open` mode. The connection hears of their
+    /// messages until [`Domain::unwatch`]; conversations the user joins later are heard of
+    /// from the next watch. Only `user` may watch their own conversations.
+    pub async fn watch(&self, local: &Local, who: &Identity, user: &UserId) -> Result<Vec<ConversationId>, DomainError> {
+        if who.user_id != *user {
+            return Err(DomainError::Forbidden("only that user may join".into()));
+        }
+        let conversations: Vec<ConversationId> = match self.access.mode() {
+            AccessMode::Members => self.conversations.conversations_of(&who.user_id).await?,
+            AccessMode::Claims => who
+                .conversations
+                .iter()
+                .flat_map(|claim| claim.entries())
+                .filter(|e| !e.contains(['*', '?', '[', '{']))
+                .map(|e| ConversationId(e.clone()))
+                .collect(),
+            AccessMode::Open => Vec::new(),
+        };
+        self.hub.watch(local.key, &conversations)?;
+        for conversation in &conversations {
+            self.hub.sync(&Topic::Conversation(conversation.clone())).await;
+        }
+        Ok(conversations)
+    }
+
+    /// Stops what [`Domain::watch`] started.
+    pub async fn unwatch(&self, local: &Local, conversations: &[ConversationId]) {
+        for topic in self.hub.unwatch(local.key, conversations) {
+            self.hub.sync(&topic).await;
+        }
+    }
+}

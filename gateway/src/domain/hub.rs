@@ -1,0 +1,533 @@
+//! The hub: this node's one registry of local connections — by topic (a conversation, a user)
+//! and by key — and the one place an event meets the sockets it goes to.
+//!
+//! Protocol adapters register an [`Outlet`] (a renderer: one per Socket.IO namespace, one for
+//! Phoenix) and attach each socket as a [`Connection`]. The domain files connections under
+//! topics and hands every event the bus brings to [`Hub::deliver`], which filters its audience
+//! once (the author of a typing event, a socket whose join is still being answered, a message
+//! it already has) and gives each outlet its share to render once and write.
+//!
+//! The hub also owns which topics the node receives: a topic is subscribed on the bus while it
+//! has a local member, and [`Hub::sync`] puts the bus in line with the members after each
+//! change, one topic at a time, so a join racing the last leave never leaves the node deaf.
+
+use super::order::{Admitted, SeqOrder, seq_of};
+use crate::bus::Bus;
+use shared::event::Message;
+use shared::{ConnId, ConversationId, Delivery, Event, Topic, UserId};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+/// A connection's key in the hub, unique on the node.
+pub type ConnKey = u64;
+
+/// Most events kept for a socket whose join is being answered; past it the socket is shed.
+pub const MAX_PENDING: usize = 1024;
+
+/// A local socket, as the hub sees it. Adapters implement it; what it does is theirs.
+pub trait Connection: Any + Send + Sync {
+    /// The outlet that renders for it ([`Hub::add_outlet`]).
+    fn outlet(&self) -> usize;
+    /// Its user, once known.
+    fn user(&self) -> Option<&UserId>;
+    /// Closes it from the server side (REST disconnect): the client does not reconnect.
+    fn kick(&self);
+    /// Closes it as a slow consumer: the client reconnects and recovers with `lastSeq`.
+    fn shed(&self);
+    /// Its user was removed from `conversation`: leave it, after the commands already queued
+    /// on the connection (a join in flight must not win over the removal).
+    fn removed(&self, conversation: &ConversationId);
+}
+
+/// Renders events for a group of connections and writes them.
+pub trait Outlet: Send + Sync {
+    /// Writes `delivery` to `to`, all of this outlet: rendered once.
+    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]);
+    /// A message in a conversation `to`'s user channel watches, with each user's unread count.
+    fn push_watched(&self, message: &Message, to: &[(&dyn Connection, i64)]) {
+        let _ = (message, to);
+    }
+}
+
+/// A local connection as the domain knows it: its key here and its cluster-wide id.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// Key in the hub.
+    pub key: ConnKey,
+    /// Id in presence.
+    pub id: ConnId,
+}
+
+/// The connection is gone (closed while a command was in flight).
+#[derive(Debug, thiserror::Error)]
+#[error("connection closed")]
+pub struct Gone;
+
+/// What a member of a topic receives.
+enum State {
+    /// Joined and answered: every event, and messages with a seq above `after`.
+    Live { after: Option<i64> },
+    /// Joined, the answer not written yet: events wait here, in order.
+    Pending(Vec<Arc<Delivery>>),
+    /// Too many events waited: the connection is shed when its join is answered.
+    Overflowed,
+}
+
+struct Member {
+    conn: Arc<dyn Connection>,
+    state: State,
+}
+
+#[derive(Default)]
+struct Entry {
+    members: HashMap<ConnKey, Member>,
+    /// Sockets whose user channel hears of this conversation's messages.
+    watchers: HashMap<ConnKey, Arc<dyn Connection>>,
+    order: SeqOrder,
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.watchers.is_empty()
+    }
+}
+
+struct Record {
+    conn: Arc<dyn Connection>,
+    topics: Vec<Topic>,
+    watching: Vec<ConversationId>,
+}
+
+/// What a join changed.
+#[derive(Debug, Clone, Copy)]
+pub struct Filed {
+    /// The connection was already a member (the join changes nothing here).
+    pub already: bool,
+    /// The topic's release order has no baseline yet: read the latest seq and [`Hub::settle`].
+    pub unsettled: bool,
+}
+
+/// A message and the local sockets watching its conversation.
+pub type Watched = (Arc<Delivery>, Vec<Arc<dyn Connection>>);
+
+/// What a delivery left for the domain to do.
+#[derive(Default)]
+pub struct Delivered {
+    /// A gap opened in this conversation's seqs: fill it after the wait.
+    pub gap: Option<ConversationId>,
+    /// Messages with their watchers on this node (unread counts to compute).
+    pub watched: Vec<Watched>,
+}
+
+/// The node's local connections.
+pub struct Hub {
+    bus: Arc<dyn Bus>,
+    outlets: RwLock<Vec<Arc<dyn Outlet>>>,
+    conns: Mutex<HashMap<ConnKey, Record>>,
+    topics: RwLock<HashMap<Topic, Arc<Mutex<Entry>>>>,
+    /// Per topic, what the bus was last told (subscribed or not), behind a lock per topic.
+    wire: Mutex<HashMap<Topic, Arc<tokio::sync::Mutex<bool>>>>,
+    next_key: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Hub {
+    /// An empty hub whose topics are received over `bus`.
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        Self {
+            bus,
+            outlets: RwLock::default(),
+            conns: Mutex::default(),
+            topics: RwLock::default(),
+            wire: Mutex::default(),
+            next_key: AtomicU64::new(1),
+        }
+    }
+
+    /// Registers a renderer; connections name it by the index returned.
+    pub fn add_outlet(&self, outlet: Arc<dyn Outlet>) -> usize {
+        let mut outlets = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
+        outlets.push(outlet);
+        outlets.len() - 1
+    }
+
+    /// A fresh key for a connection about to be attached.
+    pub fn local(&self, id: ConnId) -> Local {
+        Local {
+            key: self.next_key.fetch_add(1, Ordering::Relaxed),
+            id,
+        }
+    }
+
+    /// Files a connection: from now on it hears broadcasts to everyone.
+    pub fn attach(&self, local: &Local, conn: Arc<dyn Connection>) {
+        lock(&self.conns).insert(
+            local.key,
+            Record {
+                conn,
+                topics: Vec::new(),
+                watching: Vec::new(),
+            },
+        );
+    }
+
+    /// Unfiles a connection everywhere; returns the topics it was the last local member of.
+    pub fn detach(&self, key: ConnKey) -> Vec<Topic> {
+        let Some(record) = lock(&self.conns).remove(&key) else {
+            return Vec::new();
+        };
+        let mut emptied = Vec::new();
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let watched = record.watching.into_iter().map(Topic::Conversation);
+        for topic in record.topics.into_iter().chain(watched) {
+            if let Some(entry) = topics.get(&topic) {
+                let mut e = lock(entry);
+                e.members.remove(&key);
+                e.watchers.remove(&key);
+                if e.is_empty() {
+                    drop(e);
+                    topics.remove(&topic);
+                    emptied.push(topic);
+                }
+            }
+        }
+        emptied
+    }
+
+    /// Files a connection under a topic. A `pending` member keeps the topic's events until
+    /// [`Hub::activate`] (its join answer goes first).
+    pub fn join(&self, key: ConnKey, topic: &Topic, pending: bool) -> Result<Filed, Gone> {
+        let mut conns = lock(&self.conns);
+        let record = conns.get_mut(&key).ok_or(Gone)?;
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let entry = topics.entry(topic.clone()).or_default().clone();
+        let mut e = lock(&entry);
+        let already = e.members.contains_key(&key);
+        if !already {
+            record.topics.push(topic.clone());
+            let state = if pending {
+                State::Pending(Vec::new())
+            } else {
+                State::Live { after: None }
+            };
+            e.members.insert(
+                key,
+                Member {
+                    conn: record.conn.clone(),
+                    state,
+                },
+            );
+        }
+        Ok(Filed {
+            already,
+            unsettled: matches!(topic, Topic::Conversation(_)) && e.order.unsettled(),
+        })
+    }
+
+    /// A pending member's join was answered: what waited goes out (messages with a seq above
+    /// `after` only: the answer had the rest), then it is live.
+    pub fn activate(&self, key: ConnKey, topic: &Topic, after: Option<i64>) {
+        let Some(entry) = self.entry(topic) else { return };
+        let outlets = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
+        let mut e = lock(&entry);
+        let Some(member) = e.members.get_mut(&key) else { return };
+        let waiting = match std::mem::replace(&mut member.state, State::Live { after }) {
+            State::Pending(waiting) => waiting,
+            State::Overflowed => {
+                member.conn.shed();
+                return;
+            }
+            live @ State::Live { .. } => {
+                member.state = live;
+                return;
+            }
+        };
+        let Some(outlet) = outlets.get(member.conn.outlet()) else { return };
+        for d in waiting {
+            if seq_of(&d).is_none_or(|seq| after.is_none_or(|a| seq > a)) {
+                outlet.push(&d, &[member.conn.as_ref()]);
+            }
+        }
+    }
+
+    /// Takes a connection out of a topic; true when it was the topic's last local member.
+    pub fn leave(&self, key: ConnKey, topic: &Topic) -> bool {
+        let mut conns = lock(&self.conns);
+        if let Some(record) = conns.get_mut(&key) {
+            record.topics.retain(|t| t != topic);
+        }
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = topics.get(topic) else { return false };
+        let mut e = lock(entry);
+        if e.members.remove(&key).is_none() || !e.is_empty() {
+            return false;
+        }
+        drop(e);
+        topics.remove(topic);
+        true
+    }
+
+    /// Makes a connection's user channel hear of these conversations' messages.
+    pub fn watch(&self, key: ConnKey, conversations: &[ConversationId]) -> Result<(), Gone> {
+        let mut conns = lock(&self.conns);
+        let record = conns.get_mut(&key).ok_or(Gone)?;
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        for c in conversations {
+            if record.watching.contains(c) {
+                continue;
+            }
+            record.watching.push(c.clone());
+            let entry = topics.entry(Topic::Conversation(c.clone())).or_default();
+            lock(entry).watchers.insert(key, record.conn.clone());
+        }
+        Ok(())
+    }
+
+    /// Stops watching; returns the topics left without a local member.
+    pub fn unwatch(&self, key: ConnKey, conversations: &[ConversationId]) -> Vec<Topic> {
+        let mut conns = lock(&self.conns);
+        if let Some(record) = conns.get_mut(&key) {
+            record.watching.retain(|c| !conversations.contains(c));
+        }
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let mut emptied = Vec::new();
+        for c in conversations {
+            let topic = Topic::Conversation(c.clone());
+            let Some(entry) = topics.get(&topic) else { continue };
+            let mut e = lock(entry);
+            if e.watchers.remove(&key).is_some() && e.is_empty() {
+                drop(e);
+                topics.remove(&topic);
+                emptied.push(topic);
+            }
+        }
+        emptied
+    }
+
+    /// A removed member: their connections stop hearing the conversation at once (joined or
+    /// watching); returns them, for each to leave in its own order, and whether the topic lost
+    /// its last local member.
+    pub fn expel(&self, conversation: &ConversationId, user: &UserId) -> (Vec<Arc<dyn Connection>>, bool) {
+        let topic = Topic::Conversation(conversation.clone());
+        let mut conns = lock(&self.conns);
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let mut expelled = Vec::new();
+        let Some(entry) = topics.get(&topic) else {
+            return (expelled, false);
+        };
+        let mut e = lock(entry);
+        let theirs = |c: &Arc<dyn Connection>| c.user() == Some(user);
+        let keys: Vec<ConnKey> = e
+            .members
+            .iter()
+            .filter(|(_, m)| theirs(&m.conn))
+            .map(|(k, _)| *k)
+            .chain(e.watchers.iter().filter(|(_, c)| theirs(c)).map(|(k, _)| *k))
+            .collect();
+        for key in keys {
+            let member = e.members.remove(&key).map(|m| m.conn);
+            let watcher = e.watchers.remove(&key);
+            if let Some(conn) = member.or(watcher) {
+                expelled.push(conn);
+            }
+            if let Some(record) = conns.get_mut(&key) {
+                record.topics.retain(|t| *t != topic);
+                record.watching.retain(|c| c != conversation);
+            }
+        }
+        let emptied = e.is_empty();
+        if emptied {
+            drop(e);
+            topics.remove(&topic);
+        }
+        (expelled, emptied)
+    }
+
+    /// Every local connection of a user.
+    pub fn user_connections(&self, user: &UserId) -> Vec<Arc<dyn Connection>> {
+        let Some(entry) = self.entry(&Topic::User(user.clone())) else {
+            return Vec::new();
+        };
+        lock(&entry).members.values().map(|m| m.conn.clone()).collect()
+    }
+
+    /// Every local connection.
+    pub fn connections(&self) -> Vec<Arc<dyn Connection>> {
+        lock(&self.conns).values().map(|r| r.conn.clone()).collect()
+    }
+
+    /// Whether a topic has a local member.
+    pub fn has_members(&self, topic: &Topic) -> bool {
+        *topic == Topic::All || self.entry(topic).is_some()
+    }
+
+    fn entry(&self, topic: &Topic) -> Option<Arc<Mutex<Entry>>> {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()
+    }
+
+    /// Sets the release baseline of a conversation: the latest seq stored when its first
+    /// local member joined.
+    pub fn settle(&self, conversation: &ConversationId, latest: i64) {
+        let Some(entry) = self.entry(&Topic::Conversation(conversation.clone())) else {
+            return;
+        };
+        let outlets = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
+        let mut e = lock(&entry);
+        let ready = e.order.settle(latest);
+        for d in ready {
+            fan_out(&mut e, &outlets, &d);
+        }
+    }
+
+    /// The seq after which a conversation's open gap starts.
+    pub fn gap_after(&self, conversation: &ConversationId) -> Option<i64> {
+        let entry = self.entry(&Topic::Conversation(conversation.clone()))?;
+        lock(&entry).order.gap_after()
+    }
+
+    /// Fills a conversation's gap with what the store has (see [`SeqOrder::fill`]).
+    pub fn fill_gap(&self, conversation: &ConversationId, found: Vec<Message>, last_try: bool) -> Delivered {
+        let topic = Topic::Conversation(conversation.clone());
+        let Some(entry) = self.entry(&topic) else {
+            return Delivered::default();
+        };
+        let found = found
+            .into_iter()
+            .map(|m| Arc::new(Delivery::to(topic.clone(), Event::MessageCreated(m))))
+            .collect();
+        let outlets = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
+        let mut e = lock(&entry);
+        let ready = e.order.fill(found, last_try);
+        let mut delivered = Delivered::default();
+        for d in ready {
+            delivered.watched.extend(fan_out(&mut e, &outlets, &d));
+        }
+        delivered
+    }
+
+    /// Hands one event to the local connections of its topic.
+    pub fn deliver(&self, delivery: Arc<Delivery>) -> Delivered {
+        let outlets = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
+        if delivery.topic == Topic::All {
+            let conns = self.connections();
+            push_grouped(&outlets, &delivery, conns.iter().map(|c| c.as_ref()));
+            return Delivered::default();
+        }
+        let Some(entry) = self.entry(&delivery.topic) else {
+            return Delivered::default();
+        };
+        let mut e = lock(&entry);
+        let Admitted { ready, gap_opened } = e.order.admit(delivery.clone());
+        let mut delivered = Delivered::default();
+        if gap_opened && let Topic::Conversation(c) = &delivery.topic {
+            delivered.gap = Some(c.clone());
+        }
+        for d in ready {
+            delivered.watched.extend(fan_out(&mut e, &outlets, &d));
+        }
+        delivered
+    }
+
+    /// Gives each outlet its watchers of a message, with their unread counts.
+    pub fn push_watched(&self, message: &Message, to: &[(Arc<dyn Connection>, i64)]) {
+        let outlets = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
+        for (n, outlet) in outlets.iter().enumerate() {
+            let group: Vec<(&dyn Connection, i64)> = to
+                .iter()
+                .filter(|(c, _)| c.outlet() == n)
+                .map(|(c, unread)| (c.as_ref(), *unread))
+                .collect();
+            if !group.is_empty() {
+                outlet.push_watched(message, &group);
+            }
+        }
+    }
+
+    /// Puts the bus in line with the local members of `topic`. Serialized per topic: whatever
+    /// raced, the last sync reads the final membership.
+    pub async fn sync(&self, topic: &Topic) {
+        if *topic == Topic::All {
+            return;
+        }
+        let wire = lock(&self.wire).entry(topic.clone()).or_default().clone();
+        let mut subscribed = wire.lock().await;
+        let wanted = self.has_members(topic);
+        if wanted != *subscribed {
+            let done = if wanted {
+                self.bus.subscribe(topic).await
+            } else {
+                self.bus.unsubscribe(topic).await
+            };
+            match done {
+                Ok(()) => *subscribed = wanted,
+                Err(e) => tracing::warn!(?topic, error = %e, "bus subscription not changed"),
+            }
+        }
+        if !*subscribed {
+            drop(subscribed);
+            let mut wires = lock(&self.wire);
+            // Only this sync holds it (the map's copy and ours): nobody waits to use it.
+            if wires.get(topic).is_some_and(|w| Arc::strong_count(w) == 2) {
+                wires.remove(topic);
+            }
+        }
+    }
+}
+
+/// Writes one released event to a topic's members (waiting ones keep it); returns the
+/// watchers to tell when it is a message.
+fn fan_out(
+    e: &mut Entry,
+    outlets: &[Arc<dyn Outlet>],
+    d: &Arc<Delivery>,
+) -> Option<Watched> {
+    let except = d.except_user.as_ref();
+    let seq = seq_of(d);
+    for m in e.members.values_mut() {
+        if let State::Pending(waiting) = &mut m.state {
+            if except.is_some() && m.conn.user() == except {
+                continue;
+            }
+            if waiting.len() < MAX_PENDING {
+                waiting.push(d.clone());
+            } else {
+                m.state = State::Overflowed;
+            }
+        }
+    }
+    let live = e.members.values().filter(|m| match m.state {
+        State::Live { after } => {
+            (except.is_none() || m.conn.user() != except) && seq.is_none_or(|s| after.is_none_or(|a| s > a))
+        }
+        _ => false,
+    });
+    push_grouped(outlets, d, live.map(|m| m.conn.as_ref()));
+    if seq.is_some() && !e.watchers.is_empty() {
+        return Some((d.clone(), e.watchers.values().cloned().collect()));
+    }
+    None
+}
+
+/// Gives each outlet its share of `conns`.
+fn push_grouped<'a>(outlets: &[Arc<dyn Outlet>], d: &Delivery, conns: impl Iterator<Item = &'a dyn Connection>) {
+    let mut groups: Vec<Vec<&dyn Connection>> = vec![Vec::new(); outlets.len()];
+    for c in conns {
+        if let Some(group) = groups.get_mut(c.outlet()) {
+            group.push(c);
+        }
+    }
+    for (outlet, group) in outlets.iter().zip(&groups) {
+        if !group.is_empty() {
+            outlet.push(d, group);
+        }
+    }
+}
