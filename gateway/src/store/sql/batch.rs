@@ -2,7 +2,8 @@
 //! and the next batch stores them all, whatever their conversations, with one statement
 //! (PostgreSQL) or transaction (SQLite) and one commit, rather than one per message.
 
-use super::{SqlStore, unavailable};
+use super::super::idempotent::Failed;
+use super::{SqlStore, not_taking_writes, unavailable};
 use crate::metrics::METRICS;
 use crate::store::{Appended, NewMessage, StoreError};
 use shared::{ConversationId, UserId};
@@ -149,9 +150,9 @@ impl SqlStore {
                         let _ = pending.done.send(answer);
                     }
                 }
-                // The appends queued behind this batch would each wait out the pool's timeout
-                // in turn: they fail now, as the breaker in front of the store would make
-                // them.
+                // The appends queued behind this batch would each wait out the pool's (or
+                // SQLite's busy) timeout in turn: they fail now, as the breaker in front of the
+                // store would make them.
                 Err(e) => {
                     for pending in batch.into_iter().chain(self.batches.drain()) {
                         let _ = pending.done.send(Err(StoreError::Unavailable(e.clone())));
@@ -162,8 +163,9 @@ impl SqlStore {
         guard.finished = true;
     }
 
-    /// Stores a batch; one answer per message, in order. `Err` when the database could not
-    /// be reached (nothing of the batch is stored).
+    /// Stores a batch; one answer per message, in order. `Err` when the database did not take
+    /// the batch statement because it cannot be reached or (SQLite) stayed locked by another
+    /// process past the busy timeout: nothing of the batch is stored.
     pub(super) async fn append_batch(
         &self,
         batch: &[&NewMessage],
@@ -190,6 +192,9 @@ impl SqlStore {
                         }
                     }
                 }
+                // Each message alone would wait as long again (up to 256 times): the batch
+                // fails at once.
+                Err(e) if not_taking_writes(&e) => return Err(e.to_string()),
                 // The database answered, but refused the statement (a retry racing its
                 // original past the batch's check, or a value it cannot take), or the batch
                 // could not be encoded: nothing of it is stored, so take the messages one by
@@ -202,12 +207,21 @@ impl SqlStore {
             }
         }
         one_by_one.extend(alone);
+        // Once the database stops taking writes, the rest of the batch is answered at once
+        // rather than each waiting out the same timeout.
+        let mut stopped: Option<String> = None;
         for i in one_by_one {
-            answers[i] = Some(
-                self.append_one(batch[i])
-                    .await
-                    .map_err(|failed| failed.into_store(unavailable)),
-            );
+            answers[i] = Some(match &stopped {
+                Some(e) => Err(StoreError::Unavailable(e.clone())),
+                None => match self.append_one(batch[i]).await {
+                    Ok(appended) => Ok(appended),
+                    Err(Failed::Insert(e)) if not_taking_writes(&e) => {
+                        stopped = Some(e.to_string());
+                        Err(unavailable(e))
+                    }
+                    Err(failed) => Err(failed.into_store(unavailable)),
+                },
+            });
         }
         Ok(answers
             .into_iter()

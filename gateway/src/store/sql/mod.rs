@@ -34,6 +34,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// How long a query waits for a pooled connection before the database counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long SQLite waits for another process's write lock before answering `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The SQL store.
 #[derive(Clone)]
 pub struct SqlStore {
@@ -49,6 +52,12 @@ impl SqlStore {
     /// Connects to `sqlite://FILE` (created when missing), `sqlite::memory:` or
     /// `postgres://…`, without migrating.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, BUSY_TIMEOUT).await
+    }
+
+    /// [`SqlStore::connect`], with SQLite waiting `busy_timeout` for another process's write
+    /// lock (tests shorten it).
+    async fn open(url: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let memory = url.contains(":memory:");
@@ -57,6 +66,7 @@ impl SqlStore {
         } else {
             url.to_owned()
         };
+        let busy_pragma = format!("PRAGMA busy_timeout = {}", busy_timeout.as_millis());
         let pool = AnyPoolOptions::new()
             // An in-memory SQLite database lives in its one connection.
             .max_connections(if memory {
@@ -68,12 +78,13 @@ impl SqlStore {
             })
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
+                let busy_pragma = busy_pragma.clone();
                 Box::pin(async move {
                     if sqlite {
                         // WAL lets readers work beside the writer; the busy timeout lets two
                         // processes share the file.
                         conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        conn.execute(busy_pragma.as_str()).await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                     }
@@ -116,4 +127,26 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.is_unique_violation())
+}
+
+/// Whether the database did not take a statement for a reason that is not the statement's
+/// own: it cannot be reached, or (SQLite) another process held the write lock past the busy
+/// timeout. The next statement would fail the same way, after the same wait.
+fn not_taking_writes(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            .and_then(|_| d.code())
+            .and_then(|code| code.parse::<i32>().ok())
+            // The primary result code is the low byte of the extended one: SQLITE_BUSY (5)
+            // and SQLITE_LOCKED (6), with their variants (BUSY_SNAPSHOT, …).
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
 }

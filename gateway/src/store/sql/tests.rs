@@ -1,11 +1,12 @@
 //! The conformance suites (`store/conformance.rs`) on SQLite (file and memory) and
-//! PostgreSQL, and the SQL store's own: group commit.
+//! PostgreSQL, and the SQL store's own: group commit, and a busy SQLite file.
 
 use super::*;
 use crate::store::conformance::{TestResult, check_all, conversations_conform, messages_conform, new_message};
-use crate::store::{Appended, HistoryQuery, MessageStore};
+use crate::store::{Appended, HistoryQuery, MessageStore, NewMessage};
 use shared::ConversationId;
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 async fn conform(url: &str) -> TestResult {
     let store = SqlStore::connect(url).await?;
@@ -260,4 +261,70 @@ async fn postgres_conforms() -> TestResult {
         .execute(&admin.pool)
         .await?;
     result
+}
+
+/// Issue 11: another process holds a SQLite file's write lock past the busy timeout. A batch
+/// waits it out once and fails whole, `unavailable`, and so do the messages that take the
+/// one-message path, rather than each of them waiting it out again in turn.
+#[tokio::test]
+async fn a_busy_sqlite_file_fails_a_batch_after_one_wait() -> TestResult {
+    let dir = std::env::temp_dir().join(format!("sb-busy-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let url = format!("sqlite://{}", dir.join("busy.db").display());
+    let busy = Duration::from_millis(500);
+    let node = SqlStore::open(&url, busy).await?;
+    node.migrate().await?;
+    let other_process = SqlStore::open(&url, busy).await?;
+    // The conversations' rows exist, so the batch statement takes every message.
+    for c in ["b0", "b1"] {
+        node.append(new_message(c, "alice", "first", None)).await?;
+    }
+    let batch: Vec<NewMessage> = (0..16)
+        .map(|n| new_message(&format!("b{}", n % 2), "alice", "x", Some(&format!("r{n}"))))
+        .collect();
+    let batch: Vec<&NewMessage> = batch.iter().collect();
+    let mut nuls: Vec<NewMessage> = (0..6)
+        .map(|n| new_message("b0", "bob", "x", Some(&format!("n{n}"))))
+        .collect();
+    for new in &mut nuls {
+        new.content = "before\0after".into();
+    }
+    let nuls: Vec<&NewMessage> = nuls.iter().collect();
+
+    let mut lock = other_process.pool.begin().await?;
+    sqlx::query("UPDATE conversations SET title = 'locked' WHERE id = 'b0'")
+        .execute(&mut *lock)
+        .await?;
+    let started = Instant::now();
+    let refused = node.append_batch(&batch).await;
+    let batch_took = started.elapsed();
+    // Messages with a NUL take the one-message path, one after the other.
+    let started = Instant::now();
+    let alone = node.append_batch(&nuls).await;
+    let alone_took = started.elapsed();
+    lock.rollback().await?;
+
+    assert!(refused.is_err(), "a busy batch fails whole: {refused:?}");
+    let alone = alone.map_err(StoreError::Unavailable)?;
+    assert!(
+        alone.iter().all(|a| matches!(a, Err(StoreError::Unavailable(_)))),
+        "{alone:?}"
+    );
+    // Before the bound: one wait for the batch statement, then one per message (17 and 6).
+    assert!(batch_took < busy * 3, "the busy batch took {batch_took:?}");
+    assert!(alone_took < busy * 3, "the busy one-message path took {alone_took:?}");
+
+    // Nothing of it was stored: with the lock gone, the same batch stores every message.
+    let answers = node.append_batch(&batch).await.map_err(StoreError::Unavailable)?;
+    let mut seqs = seqs_of(&answers);
+    seqs.sort_unstable();
+    let expected: Vec<_> = (2..=9).flat_map(|seq| [Some((true, seq)); 2]).collect();
+    assert_eq!(seqs, expected);
+    let answers = node.append_batch(&nuls).await.map_err(StoreError::Unavailable)?;
+    assert_eq!(
+        seqs_of(&answers),
+        (10..=15).map(|seq| Some((true, seq))).collect::<Vec<_>>()
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
 }
