@@ -12,10 +12,18 @@ use mongodb::options::ReturnDocument;
 use shared::event::Message;
 use std::time::Duration;
 
+/// How often one append raises a counter that lags the stored messages before it gives up.
+/// One raise repairs it; more are only needed if another writer keeps storing messages past
+/// the counter (a standalone node beside a replica set's, which is no supported setup).
+const MAX_COUNTER_REPAIRS: u32 = 3;
+
 /// How one transaction attempt of an append failed.
 enum Attempt {
     /// It lost a race the server reported (a write conflict on the counter): run it again.
     Retry,
+    /// The insert hit a unique index: the client ref is stored (a retry), or the counter gave
+    /// a seq that is taken (it lags the messages).
+    Duplicate(mongodb::error::Error),
     /// Give up.
     Fail(mongodb::error::Error),
 }
@@ -57,6 +65,7 @@ impl Insert for MongoStore {
         };
         if self.transactions {
             let mut attempt: u32 = 0;
+            let mut repairs: u32 = 0;
             loop {
                 let mut session = self.db.client().start_session().await?;
                 match self.insert_in_transaction(&mut session, &mut message).await {
@@ -65,6 +74,16 @@ impl Insert for MongoStore {
                         // Bounded by the caller's OPERATION_TIMEOUT.
                         attempt = attempt.saturating_add(1);
                         backoff(attempt).await;
+                    }
+                    Err(Attempt::Duplicate(e)) => {
+                        // A stored client ref is the caller's to answer. Otherwise the seq was
+                        // taken: left as it is, the counter would refuse every later append to
+                        // the conversation.
+                        if repairs == MAX_COUNTER_REPAIRS || self.find_existing(new).await?.is_some() {
+                            return Err(e);
+                        }
+                        repairs += 1;
+                        self.raise_counter_to_newest(&message.conversation_id).await?;
                     }
                     Err(Attempt::Fail(e)) => return Err(e),
                 }
@@ -117,7 +136,13 @@ impl MongoStore {
                 .insert_one(&*message)
                 .session(&mut *session)
                 .await
-                .map_err(Attempt::new)?;
+                .map_err(|e| {
+                    if is_duplicate_key(&e) {
+                        Attempt::Duplicate(e)
+                    } else {
+                        Attempt::new(e)
+                    }
+                })?;
             Ok(())
         }
         .await;
@@ -142,6 +167,27 @@ impl MongoStore {
                 }
                 Err(e) => return Err(Attempt::new(e)),
             }
+        }
+    }
+
+    /// Raises the conversation's counter to its newest stored seq (never lowers it), outside
+    /// any transaction.
+    async fn raise_counter_to_newest(&self, conversation: &str) -> Result<(), mongodb::error::Error> {
+        let newest = self.newest_seq(None, conversation).await?;
+        tracing::warn!(
+            conversation,
+            newest,
+            "the seq counter lagged the stored messages: raised"
+        );
+        match self
+            .counters
+            .update_one(doc! { "_id": conversation }, doc! { "$max": { "last_seq": newest } })
+            .upsert(true)
+            .await
+        {
+            // Another append created the counter meanwhile: the next attempt raises it.
+            Err(e) if !is_duplicate_key(&e) => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -181,7 +227,7 @@ impl MongoStore {
             && !is_duplicate_key(&e)
         {
             // The message is stored: only a later switch to transactions needs the counter,
-            // and it repairs a missing one from the messages.
+            // and it repairs a missing or lagging one from the messages.
             tracing::warn!(conversation = %message.conversation_id, "cannot raise the seq counter: {}", e.kind);
         }
         Ok(())

@@ -25,6 +25,11 @@
 //! only by being stored, so there is no gap either; the counter is then raised to it
 //! (`$max`), so that the counters are right if the server later becomes a replica set.
 //!
+//! A counter behind the stored messages (restored from an older backup, or not raised during
+//! a standalone period) would give a seq that is taken: the unique `{conversation_id, seq}`
+//! index refuses the insert, and the append raises the counter to the newest stored seq and
+//! tries again (a bounded number of times), so the store repairs itself.
+//!
 //! Files: `append` takes the seq and inserts; this file connects, reads and records the rest.
 
 use super::idempotent;

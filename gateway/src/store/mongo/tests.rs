@@ -1,6 +1,6 @@
 //! The conformance suites (`store/conformance.rs`) on a replica set and a standalone
-//! server, and the MongoDB store's own checks: indexes, failed writes, a server that goes
-//! away.
+//! server, and the MongoDB store's own checks: indexes, failed writes, a lagging counter, a
+//! server that goes away.
 
 use super::test_server::TestMongo;
 use super::*;
@@ -99,6 +99,59 @@ async fn conflicts_are_retried_and_a_failed_insert_leaves_no_gap() -> TestResult
     assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
     assert_eq!(created(store.append(plain_message("c", "bob", None)).await?)?.seq, 4);
     assert_eq!(all_seqs(&store, "c").await?, vec![1, 2, 3, 4]);
+    Ok(())
+}
+
+/// Issue 11: a counter behind the stored messages (an older backup restored, a standalone
+/// period that could not raise it) gave seqs that were taken, and every later append to the
+/// conversation failed. The append raises it to the newest stored seq and goes on, contiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_behind_the_messages_is_raised_by_the_next_append() -> TestResult {
+    let server = TestMongo::start("lagging").await?;
+    let store = Arc::new(MongoStore::connect(&server.url).await?);
+    assert!(store.transactions, "the counter is the seq authority with transactions");
+    for _ in 0..3 {
+        created(store.append(plain_message("c", "alice", None)).await?)?;
+    }
+    store
+        .counters
+        .update_one(doc! { "_id": "c" }, doc! { "$set": { "last_seq": 1_i64 } })
+        .await?;
+    assert_eq!(
+        created(store.append(plain_message("c", "alice", Some("after-lag"))).await?)?.seq,
+        4
+    );
+    assert!(matches!(
+        store.append(plain_message("c", "alice", Some("after-lag"))).await?,
+        Appended::Existing(ref m) if m.seq == 4
+    ));
+    // Behind again, then concurrent senders: one of them repairs it, all go on.
+    store
+        .counters
+        .update_one(doc! { "_id": "c" }, doc! { "$set": { "last_seq": 0_i64 } })
+        .await?;
+    let mut tasks = Vec::new();
+    for sender in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..5 {
+                let client_ref = format!("{sender}-{n}");
+                created(
+                    store
+                        .append(plain_message("c", &format!("s{sender}"), Some(&client_ref)))
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    assert_eq!(all_seqs(store.as_ref(), "c").await?, (1..=24).collect::<Vec<i64>>());
+    let counter = store.counters.find_one(doc! { "_id": "c" }).await?;
+    assert_eq!(as_i64(counter.as_ref().and_then(|c| c.get("last_seq"))), Some(24));
     Ok(())
 }
 
