@@ -10,9 +10,17 @@
 //!   time and says so.
 //! - History is paged by `seq`, oldest first within a page.
 //! - A backend that cannot be reached answers [`StoreError::Unavailable`]: nothing was done.
+//!
+//! The parts of the contract that are an algorithm rather than a query live here once, for
+//! every store: how a [`HistoryQuery`] becomes a page (`paging`), and the idempotent append
+//! (`idempotent`). One conformance suite (`conformance`) runs against every store.
 
 mod breaker;
+#[cfg(test)]
+mod conformance;
+mod idempotent;
 mod mongo;
+mod paging;
 mod sql;
 
 pub use breaker::Guarded;
@@ -187,175 +195,4 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn react(&self, message: &Message, user: &UserId, reaction: &str, add: bool) -> Result<bool, StoreError>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    //! The store conformance suites, run against every implementation.
-    use super::*;
-    use std::collections::HashSet;
-    use std::sync::Arc;
-
-    pub(crate) fn new_message(conversation: &str, sender: &str, content: &str, client_ref: Option<&str>) -> NewMessage {
-        NewMessage {
-            conversation_id: conversation.into(),
-            sender_id: sender.into(),
-            content: content.into(),
-            kind: "text".into(),
-            attachments: vec!["https://example.com/a.png".into()],
-            client_ref: client_ref.map(str::to_owned),
-            metadata: None,
-        }
-    }
-
-    /// Runs the message store contract against `store` (which must be empty).
-    pub(crate) async fn messages_conform(store: Arc<dyn MessageStore>) -> Result<(), StoreError> {
-        store.ping().await?;
-        // Concurrent senders: seqs 1..=N, no gap, no duplicate.
-        let mut tasks = Vec::new();
-        for sender in 0..8 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut seqs = Vec::new();
-                for n in 0..25 {
-                    let m = new_message("busy", &format!("u{sender}"), &format!("m{n}"), None);
-                    seqs.push(store.append(m).await?.message().seq);
-                }
-                Ok::<_, StoreError>(seqs)
-            }));
-        }
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.map_err(|e| StoreError::Unavailable(e.to_string()))??);
-        }
-        all.sort_unstable();
-        assert_eq!(all, (1..=200).collect::<Vec<i64>>());
-
-        // Idempotency, also when retries race each other.
-        let first = store.append(new_message("c", "alice", "hello", Some("t1"))).await?;
-        let Appended::Created(first) = first else {
-            panic!("first append must create")
-        };
-        assert_eq!(first.seq, 1);
-        assert_eq!(first.temp_id.as_deref(), Some("t1"));
-        let again = store.append(new_message("c", "alice", "hello", Some("t1"))).await?;
-        assert_eq!(again, Appended::Existing(first.clone()));
-        let mut racers = Vec::new();
-        for _ in 0..6 {
-            let store = store.clone();
-            racers.push(tokio::spawn(async move {
-                store.append(new_message("c", "bob", "race", Some("same"))).await
-            }));
-        }
-        let mut ids = HashSet::new();
-        let mut created = 0;
-        for racer in racers {
-            let appended = racer.await.map_err(|e| StoreError::Unavailable(e.to_string()))??;
-            created += usize::from(matches!(appended, Appended::Created(_)));
-            ids.insert(appended.message().id.clone());
-        }
-        assert_eq!((created, ids.len()), (1, 1));
-        // Another sender may reuse the same client ref.
-        let other = store.append(new_message("c", "carol", "hi", Some("t1"))).await?;
-        assert!(matches!(other, Appended::Created(ref m) if m.seq == 3));
-        assert_eq!(store.message(&first.id).await?, Some(first.clone()));
-        assert_eq!(store.message("no-such-id").await?, None);
-
-        // History: pages by seq, oldest first.
-        for n in 4..=10 {
-            store.append(new_message("c", "dave", &format!("n{n}"), None)).await?;
-        }
-        let seqs = |p: &HistoryPage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
-        let q = |before, after, limit| HistoryQuery { before, after, limit };
-        let newest = store.history(&"c".into(), q(None, None, 3)).await?;
-        assert_eq!((seqs(&newest), newest.has_more), (vec![8, 9, 10], true));
-        let older = store.history(&"c".into(), q(Some(8), None, 5)).await?;
-        assert_eq!((seqs(&older), older.has_more), (vec![3, 4, 5, 6, 7], true));
-        let oldest = store.history(&"c".into(), q(Some(3), None, 5)).await?;
-        assert_eq!((seqs(&oldest), oldest.has_more), (vec![1, 2], false));
-        let after = store.history(&"c".into(), q(None, Some(7), 2)).await?;
-        assert_eq!((seqs(&after), after.has_more), (vec![8, 9], true));
-        let rest = store.history(&"c".into(), q(None, Some(9), 50)).await?;
-        assert_eq!((seqs(&rest), rest.has_more), (vec![10], false));
-        let empty = store.history(&"nothing".into(), q(None, None, 50)).await?;
-        assert_eq!((empty.messages.len(), empty.has_more), (0, false));
-        assert_eq!(
-            newest.messages[0].attachments,
-            vec!["https://example.com/a.png".to_owned()]
-        );
-
-        // Receipts are idempotent; reads move the read mark; unread counts others' messages.
-        let now = chrono::Utc::now();
-        assert_eq!(store.unread(&"c".into(), &"alice".into()).await?, 9);
-        assert!(
-            store
-                .record_receipt(&first, &"bob".into(), ReceiptStatus::Delivered, now)
-                .await?
-        );
-        assert!(
-            !store
-                .record_receipt(&first, &"bob".into(), ReceiptStatus::Delivered, now)
-                .await?
-        );
-        let fifth = store.history(&"c".into(), q(Some(6), Some(4), 1)).await?;
-        let fifth = fifth
-            .messages
-            .first()
-            .cloned()
-            .ok_or(StoreError::Unavailable("no seq 5".into()))?;
-        assert!(
-            store
-                .record_receipt(&fifth, &"alice".into(), ReceiptStatus::Read, now)
-                .await?
-        );
-        // Others' messages with seq 6..=10 remain unread.
-        assert_eq!(store.unread(&"c".into(), &"alice".into()).await?, 5);
-        // A read of an older message does not move the mark back.
-        store
-            .record_receipt(&first, &"alice".into(), ReceiptStatus::Read, now)
-            .await?;
-        assert_eq!(store.unread(&"c".into(), &"alice".into()).await?, 5);
-        store.mark_all_read(&"c".into(), &"alice".into()).await?;
-        assert_eq!(store.unread(&"c".into(), &"alice".into()).await?, 0);
-
-        // Reactions: one per (message, user, reaction).
-        assert!(store.react(&first, &"bob".into(), "👍", true).await?);
-        assert!(!store.react(&first, &"bob".into(), "👍", true).await?);
-        assert!(store.react(&first, &"carol".into(), "👍", true).await?);
-        assert!(store.react(&first, &"bob".into(), "👍", false).await?);
-        assert!(!store.react(&first, &"bob".into(), "👍", false).await?);
-        Ok(())
-    }
-
-    /// Runs the conversation store contract against `store` (which must be empty).
-    pub(crate) async fn conversations_conform(store: &dyn ConversationStore) -> Result<(), StoreError> {
-        let members = [UserId::from("bob"), UserId::from("alice")];
-        let created = store.create(&"room".into(), Some("Room"), &members).await?;
-        assert_eq!(created.members, vec![UserId::from("alice"), UserId::from("bob")]);
-        assert_eq!((created.title.as_deref(), created.last_seq), (Some("Room"), 0));
-        assert!(matches!(
-            store.create(&"room".into(), None, &[]).await,
-            Err(StoreError::Exists(_))
-        ));
-        assert_eq!(store.is_member(&"room".into(), &"alice".into()).await?, Some(true));
-        assert_eq!(store.is_member(&"room".into(), &"eve".into()).await?, Some(false));
-        assert_eq!(store.is_member(&"nowhere".into(), &"alice".into()).await?, None);
-        assert!(store.add_member(&"room".into(), &"eve".into()).await?);
-        assert!(!store.add_member(&"room".into(), &"eve".into()).await?);
-        assert!(store.remove_member(&"room".into(), &"bob".into()).await?);
-        assert!(!store.remove_member(&"room".into(), &"bob".into()).await?);
-        assert!(matches!(
-            store.add_member(&"nowhere".into(), &"eve".into()).await,
-            Err(StoreError::NoConversation(_))
-        ));
-        store.create(&"other".into(), None, &[UserId::from("eve")]).await?;
-        assert_eq!(
-            store.conversations_of(&"eve".into()).await?,
-            vec![ConversationId::from("other"), ConversationId::from("room")]
-        );
-        let got = store.get(&"room".into()).await?.map(|c| c.members);
-        assert_eq!(got, Some(vec![UserId::from("alice"), UserId::from("eve")]));
-        assert_eq!(store.get(&"nowhere".into()).await?, None);
-        Ok(())
-    }
 }
