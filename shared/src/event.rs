@@ -261,8 +261,31 @@ pub struct UserRef {
     pub user_id: UserId,
 }
 
-/// Version of the bus envelope format; a node drops envelopes of another version.
+/// Version of the bus envelope format. The rule that lets version N and N+1 of Switchboard
+/// run side by side during a rolling deploy (docs/cluster.md, "Rolling upgrades"):
+/// - an additive change (a new optional field anywhere, a new event kind) keeps the version:
+///   older nodes ignore fields they do not know and drop, counted, event kinds they do not know;
+/// - a breaking change bumps it: a node reads its own version and older ones, and drops newer
+///   ones, counted; so a breaking change ships in two deploys — nodes that read the new version,
+///   then nodes that write it.
 pub const ENVELOPE_VERSION: u8 = 1;
+
+/// What a node makes of an envelope it received.
+#[derive(Debug)]
+pub enum Received {
+    /// An envelope this node reads.
+    Envelope(Box<Envelope>),
+    /// A newer, incompatible version: dropped until every node reads it.
+    Newer(u8),
+    /// An event kind this version does not know (published by a newer node): dropped.
+    UnknownKind(String),
+}
+
+/// Just the version, read before the rest.
+#[derive(Deserialize)]
+struct Version {
+    v: u8,
+}
 
 /// One domain event as it travels between nodes, encoded with MessagePack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,6 +311,20 @@ impl Envelope {
     /// Decodes an envelope; see [`Envelope::v`] for the version check.
     pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
         rmp_serde::from_slice(bytes)
+    }
+
+    /// Decodes an envelope under the compatibility rule of [`ENVELOPE_VERSION`]; an error is
+    /// an envelope that is not one.
+    pub fn receive(bytes: &[u8]) -> Result<Received, rmp_serde::decode::Error> {
+        let Version { v } = rmp_serde::from_slice(bytes)?;
+        if v > ENVELOPE_VERSION {
+            return Ok(Received::Newer(v));
+        }
+        match Self::decode(bytes) {
+            Ok(envelope) => Ok(Received::Envelope(Box::new(envelope))),
+            Err(e) if e.to_string().contains("unknown variant") => Ok(Received::UnknownKind(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -319,6 +356,34 @@ mod tests {
             };
             assert_eq!(Envelope::decode(&envelope.encode()?)?, envelope);
         }
+        Ok(())
+    }
+
+    /// What a node of this version makes of envelopes from a newer one (a rolling deploy).
+    #[test]
+    fn newer_envelopes_are_read_when_additive_and_dropped_when_not() -> Result<(), Box<dyn std::error::Error>> {
+        let typing = serde_json::json!({
+            "kind": "typing",
+            "data": {"conversationId": "c", "userId": "u", "isTyping": true, "device": "phone"},
+        });
+        let newer = |v: u8, event: serde_json::Value| {
+            rmp_serde::to_vec_named(&serde_json::json!({
+                "v": v, "origin": "n2", "ts_ms": 5, "trace": null, "priority": 3,
+                "delivery": {"topic": {"conversation": "c"}, "except_user": null, "event": event},
+            }))
+        };
+        // New fields, same version: read, the fields ignored.
+        match Envelope::receive(&newer(ENVELOPE_VERSION, typing.clone())?)? {
+            Received::Envelope(e) => assert!(matches!(e.delivery.event, Event::Typing(t) if t.is_typing)),
+            other => panic!("not read: {other:?}"),
+        }
+        // A new event kind: dropped as such, not as garbage.
+        let kind = serde_json::json!({"kind": "message_edited", "data": {"id": "m1"}});
+        assert!(matches!(Envelope::receive(&newer(ENVELOPE_VERSION, kind)?)?, Received::UnknownKind(_)));
+        // A breaking version: dropped until every node reads it.
+        assert!(matches!(Envelope::receive(&newer(ENVELOPE_VERSION + 1, typing)?)?, Received::Newer(v) if v == ENVELOPE_VERSION + 1));
+        // Not an envelope at all.
+        assert!(Envelope::receive(b"\x93garbage").is_err());
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use crate::metrics::METRICS;
 use crate::redis::{COMMAND_TIMEOUT, Redis};
 use async_trait::async_trait;
 use fred::prelude::*;
-use shared::event::ENVELOPE_VERSION;
+use shared::event::{ENVELOPE_VERSION, Received};
 use shared::{Delivery, Envelope, NodeId, Topic};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -80,16 +80,20 @@ async fn receive(bus: Arc<RedisBus>, shutdown: CancellationToken) {
             fred::types::Value::String(s) => s.as_bytes(),
             _ => continue,
         };
-        match Envelope::decode(bytes) {
-            Ok(env) if env.v != ENVELOPE_VERSION => {
-                METRICS.bus_dropped.inc();
-                tracing::warn!(version = env.v, "envelope of another version dropped");
-            }
+        match Envelope::receive(bytes) {
             // The origin delivered to its own sockets when it published.
-            Ok(env) if env.origin == bus.node_id => {}
-            Ok(env) => {
+            Ok(Received::Envelope(env)) if env.origin == bus.node_id => {}
+            Ok(Received::Envelope(env)) => {
                 METRICS.bus_received.inc();
                 bus.sink.deliver(Arc::new(env.delivery)).await;
+            }
+            Ok(Received::Newer(version)) => {
+                METRICS.bus_dropped.inc();
+                tracing::warn!(version, "envelope of a newer, incompatible version dropped (a deploy in progress?)");
+            }
+            Ok(Received::UnknownKind(kind)) => {
+                METRICS.bus_dropped.inc();
+                tracing::debug!(%kind, "event of a kind this version does not know dropped");
             }
             Err(e) => {
                 METRICS.bus_dropped.inc();
