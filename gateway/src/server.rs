@@ -151,41 +151,49 @@ impl Node {
 
 /// Runs a node until SIGTERM or Ctrl-C, then drains within `--shutdown-grace`.
 pub async fn run(config: Config) -> Result<(), ServeError> {
-    let Node {
-        router,
-        state,
-        socketio,
-        phoenix,
-        redis,
-        shutdown,
-        tasks,
-    } = Node::build(&config).await?;
-
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
             addr: config.listen,
             source,
         })?;
+    serve(config, listener, wait_for_signal()).await
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains: `/ready` turns 503, client
+/// transports close in batches, the departed users' offline grace runs out, the node leaves
+/// the cluster. The whole drain is bounded by `--shutdown-grace`; past it the node stops with
+/// whatever is still open. Every task the node started has ended when this returns.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let Node {
+        router,
+        state,
+        socketio,
+        phoenix,
+        redis,
+        shutdown: stop_tasks,
+        tasks,
+    } = Node::build(&config).await?;
     let addr = listener.local_addr()?;
     announce(addr, &config);
     tracing::info!(%addr, node = %config.node_id, "listening");
 
     let grace = config.shutdown_grace;
+    let signalled = CancellationToken::new();
     let drain = {
         let state = state.clone();
         let offline_grace = config.offline_grace;
         let clustered = redis.is_some();
+        let signalled = signalled.clone();
         async move {
-            wait_for_signal().await;
+            shutdown.await;
+            signalled.cancel();
             tracing::info!(?grace, "draining");
             state.readiness.start_draining();
-            // A hard deadline for the whole drain, whatever hangs.
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                tracing::warn!("shutdown grace exceeded, exiting");
-                std::process::exit(1);
-            });
             // HTTP keeps serving meanwhile: load balancers see /ready 503 and move traffic.
             let window = drain_window(grace);
             tokio::join!(socketio.drain(window), phoenix.drain(window));
@@ -197,22 +205,35 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             }
         }
     };
-    axum::serve(
+    let served = axum::serve(
         ClosableListener::new(listener),
         router.into_make_service_with_connect_info::<ConnInfo>(),
     )
-    .with_graceful_shutdown(drain)
-    .await?;
+    .with_graceful_shutdown(drain);
+    let deadline = async {
+        signalled.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = served => served?,
+        () = deadline => tracing::warn!(?grace, "shutdown grace exceeded; stopping with connections still open"),
+    }
 
-    shutdown.cancel();
+    stop_tasks.cancel();
     tasks.close();
-    tasks.wait().await;
+    if tokio::time::timeout(TASKS_STOP_WAIT, tasks.wait()).await.is_err() {
+        tracing::warn!(left = tasks.len(), "background tasks still running at exit");
+    }
     if let Some(redis) = redis {
         redis.quit().await;
     }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long background tasks (heartbeat, offline graces, typing timers) get to finish once
+/// the node is told to stop.
+const TASKS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a drain spreads the closing of client transports: a few seconds, well inside
 /// the shutdown grace.

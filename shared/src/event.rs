@@ -379,9 +379,14 @@ mod tests {
         }
         // A new event kind: dropped as such, not as garbage.
         let kind = serde_json::json!({"kind": "message_edited", "data": {"id": "m1"}});
-        assert!(matches!(Envelope::receive(&newer(ENVELOPE_VERSION, kind)?)?, Received::UnknownKind(_)));
+        assert!(matches!(
+            Envelope::receive(&newer(ENVELOPE_VERSION, kind)?)?,
+            Received::UnknownKind(_)
+        ));
         // A breaking version: dropped until every node reads it.
-        assert!(matches!(Envelope::receive(&newer(ENVELOPE_VERSION + 1, typing)?)?, Received::Newer(v) if v == ENVELOPE_VERSION + 1));
+        assert!(
+            matches!(Envelope::receive(&newer(ENVELOPE_VERSION + 1, typing)?)?, Received::Newer(v) if v == ENVELOPE_VERSION + 1)
+        );
         // Not an envelope at all.
         assert!(Envelope::receive(b"\x93garbage").is_err());
         Ok(())

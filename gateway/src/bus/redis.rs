@@ -89,7 +89,10 @@ async fn receive(bus: Arc<RedisBus>, shutdown: CancellationToken) {
             }
             Ok(Received::Newer(version)) => {
                 METRICS.bus_dropped.inc();
-                tracing::warn!(version, "envelope of a newer, incompatible version dropped (a deploy in progress?)");
+                tracing::warn!(
+                    version,
+                    "envelope of a newer, incompatible version dropped (a deploy in progress?)"
+                );
             }
             Ok(Received::UnknownKind(kind)) => {
                 METRICS.bus_dropped.inc();

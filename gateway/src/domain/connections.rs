@@ -293,7 +293,12 @@ impl Domain {
     /// (patterns name no conversation), none in `open` mode. The connection hears of their
     /// messages until [`Domain::unwatch`]; conversations the user joins later are heard of
     /// from the next watch. Only `user` may watch their own conversations.
-    pub async fn watch(&self, local: &Local, who: &Identity, user: &UserId) -> Result<Vec<ConversationId>, DomainError> {
+    pub async fn watch(
+        &self,
+        local: &Local,
+        who: &Identity,
+        user: &UserId,
+    ) -> Result<Vec<ConversationId>, DomainError> {
         if who.user_id != *user {
             return Err(DomainError::Forbidden("only that user may join".into()));
         }

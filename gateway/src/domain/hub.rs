@@ -247,7 +247,9 @@ impl Hub {
                 return;
             }
         };
-        let Some(outlet) = outlets.get(member.conn.outlet()) else { return };
+        let Some(outlet) = outlets.get(member.conn.outlet()) else {
+            return;
+        };
         for d in waiting {
             if seq_of(&d).is_none_or(|seq| after.is_none_or(|a| seq > a)) {
                 outlet.push(&d, &[member.conn.as_ref()]);
@@ -485,11 +487,7 @@ impl Hub {
 
 /// Writes one released event to a topic's members (waiting ones keep it); returns the
 /// watchers to tell when it is a message.
-fn fan_out(
-    e: &mut Entry,
-    outlets: &[Arc<dyn Outlet>],
-    d: &Arc<Delivery>,
-) -> Option<Watched> {
+fn fan_out(e: &mut Entry, outlets: &[Arc<dyn Outlet>], d: &Arc<Delivery>) -> Option<Watched> {
     let except = d.except_user.as_ref();
     let seq = seq_of(d);
     for m in e.members.values_mut() {

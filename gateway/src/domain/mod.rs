@@ -15,8 +15,8 @@ mod typing;
 
 pub use access::{Access, Memberships};
 pub use connections::{Joined, Live, MAX_MISSED};
-pub use hub::{Connection, Local, Outlet};
 pub use error::DomainError;
+pub use hub::{Connection, Local, Outlet};
 pub use messages::{HistoryRequest, SendRequest, Sent};
 pub use rate::RateLimiter;
 pub use typing::{TYPING_TIMEOUT, TypingTimers};

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 /// Messages whose watchers wait for unread counts; past it they are dropped (counted).
 pub(super) const WATCH_QUEUE: usize = 4096;
 
-
 #[async_trait]
 impl LocalSink for Domain {
     async fn deliver(&self, delivery: Arc<Delivery>) {
@@ -31,7 +30,9 @@ impl LocalSink for Domain {
             }
             Event::MemberRemoved(removed) => {
                 // The answer may be remembered here: forget it before the sockets leave.
-                self.access.memberships().forget(&removed.conversation_id, &removed.user_id);
+                self.access
+                    .memberships()
+                    .forget(&removed.conversation_id, &removed.user_id);
                 let (expelled, emptied) = self.hub.expel(&removed.conversation_id, &removed.user_id);
                 if emptied {
                     self.hub

@@ -24,8 +24,8 @@ use axum::routing::get;
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use render::{Channel, Rendered};
-use shared::phoenix as codec;
 use shared::event::Message as ChatMessage;
+use shared::phoenix as codec;
 use shared::{ConnId, ConversationId, Delivery, NodeId, Topic, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -134,7 +134,11 @@ impl Connection for SocketHandle {
     }
 
     fn removed(&self, conversation: &ConversationId) {
-        if self.inbox.try_send(worker::Input::Removed(conversation.clone())).is_err() {
+        if self
+            .inbox
+            .try_send(worker::Input::Removed(conversation.clone()))
+            .is_err()
+        {
             // A full inbox must not keep a removed member in: close the socket.
             self.close(GOING_AWAY);
         }

@@ -227,7 +227,9 @@ impl Worker {
             TopicKind::Conversation(conversation) => {
                 let last_seq = inbound::last_seq(&translate(payload, None))?;
                 let domain = &self.adapter.domain;
-                let joined = domain.join(&self.handle.local, &self.who, conversation, last_seq).await?;
+                let joined = domain
+                    .join(&self.handle.local, &self.who, conversation, last_seq)
+                    .await?;
                 self.live = Some(joined.live);
                 let (missed, has_more) = match joined.missed {
                     Some(page) => (
@@ -285,7 +287,12 @@ impl Worker {
         match kind {
             TopicKind::User(_) => self.unwatch_all().await,
             TopicKind::Conversation(conversation) => {
-                if let Err(e) = self.adapter.domain.leave(&self.handle.local, &self.who, conversation).await {
+                if let Err(e) = self
+                    .adapter
+                    .domain
+                    .leave(&self.handle.local, &self.who, conversation)
+                    .await
+                {
                     tracing::warn!(error = %e, "leave not recorded in presence");
                 }
             }
@@ -302,7 +309,10 @@ impl Worker {
         if let Some(n) = self.watched.iter().position(|c| *c == conversation) {
             self.watched.swap_remove(n);
             let local = &self.handle.local;
-            self.adapter.domain.unwatch(local, std::slice::from_ref(&conversation)).await;
+            self.adapter
+                .domain
+                .unwatch(local, std::slice::from_ref(&conversation))
+                .await;
         }
         let topic = conversation_topic(&conversation);
         let Some(join_ref) = self.channels.join_ref(&topic).map(str::to_owned) else {

@@ -131,7 +131,12 @@ struct SendConfirmation<'a> {
 }
 
 impl SocketIoAdapter {
-    pub(super) async fn dispatch(&self, socket: &Arc<SioSocket>, command: Command, payload: Value) -> Result<Reply, DomainError> {
+    pub(super) async fn dispatch(
+        &self,
+        socket: &Arc<SioSocket>,
+        command: Command,
+        payload: Value,
+    ) -> Result<Reply, DomainError> {
         let conn = &socket.conn;
         let who = match command {
             Command::Register => return self.register(socket, &payload).await,
@@ -253,4 +258,3 @@ impl SocketIoAdapter {
         Ok(Reply::Registered { user_id })
     }
 }
-
