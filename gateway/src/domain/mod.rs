@@ -4,6 +4,7 @@
 
 mod access;
 mod conversations;
+mod departures;
 mod error;
 mod messages;
 mod rate;
@@ -18,8 +19,7 @@ pub use typing::{TYPING_TIMEOUT, TypingTimers};
 use crate::auth::Identity;
 use crate::bus::Bus;
 use crate::config::AccessMode;
-use crate::metrics::METRICS;
-use crate::presence::{ClusterStats, ConnectionEntry, Departure, Presence, UserPage, UserPresence};
+use crate::presence::{ClusterStats, ConnectionEntry, Presence, UserPage, UserPresence};
 use crate::store::{ConversationStore, HistoryPage, HistoryQuery, MessageStore};
 use chrono::{DateTime, Utc};
 use shared::event::{Direct, Membership, Notification, PresenceInfo, RosterDiff, RosterEntry, Typing, UserRef};
@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 /// What the REST API may ask for at most in one page of users.
 pub const MAX_USERS_PAGE: usize = 1000;
@@ -118,13 +117,15 @@ impl Domain {
             tasks,
             shutdown,
         };
+        domain.presence.set_offline_grace(rules.offline_grace);
         if let Some(every) = domain.presence.heartbeat_interval() {
-            domain.tasks.spawn(maintain(
+            departures::spawn(
                 domain.presence.clone(),
                 domain.bus.clone(),
                 every,
+                &domain.tasks,
                 domain.shutdown.clone(),
-            ));
+            );
         }
         domain
     }
@@ -133,15 +134,6 @@ impl Domain {
     /// protocol adapters, so a `MemberRemoved` heard on the bus clears them.
     pub fn memberships(&self) -> Arc<Memberships> {
         self.access.memberships()
-    }
-
-    /// Leaves the cluster politely once this node's connections are closed: its remaining
-    /// presence entries go, and the departures they cause are announced.
-    pub async fn depart(&self) {
-        match self.presence.depart().await {
-            Ok(departures) => announce(self.bus.as_ref(), departures).await,
-            Err(e) => tracing::warn!(error = %e, "presence entries left to expire with their TTL"),
-        }
     }
 
     /// Registers an authenticated connection: it receives everything sent to its user, and
@@ -214,39 +206,6 @@ impl Domain {
         if gone.last_connection {
             self.settle_after_grace(gone.user, gone.was_visible);
         }
-    }
-
-    fn settle_after_grace(&self, user: UserId, announce: bool) {
-        let presence = self.presence.clone();
-        let bus = self.bus.clone();
-        let grace = self.rules.offline_grace;
-        let span = tracing::debug_span!("offline_grace", user = %user);
-        // Not cancelled by shutdown: a draining node still settles its users' departures.
-        self.tasks.spawn(
-            async move {
-                tokio::time::sleep(grace).await;
-                let contacts = match presence.settle_offline(&user).await {
-                    Ok(Some(contacts)) if announce => contacts,
-                    Ok(_) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "offline not settled");
-                        return;
-                    }
-                };
-                let last_seen = presence.user(&user).await.ok().and_then(|p| p.last_seen);
-                let event = Event::UserOffline(PresenceInfo {
-                    user_id: user,
-                    status: Status::Offline,
-                    last_seen: last_seen.or_else(|| Some(Utc::now())),
-                });
-                for contact in contacts {
-                    bus.publish(Delivery::to(Topic::User(contact), event.clone()))
-                        .await
-                        .ok();
-                }
-            }
-            .instrument(span),
-        );
     }
 
     /// Joins a connection to a conversation so it receives its events; with `last_seq`, also
@@ -401,11 +360,11 @@ impl Domain {
     }
 
     async fn tell_contacts(&self, user: &UserId, event: Event) -> Result<(), DomainError> {
-        for contact in self.presence.contacts(user).await? {
-            self.bus
-                .publish(Delivery::to(Topic::User(contact), event.clone()))
-                .await?;
-        }
+        let deliveries = (self.presence.contacts(user).await?)
+            .into_iter()
+            .map(|contact| Delivery::to(Topic::User(contact), event.clone()))
+            .collect();
+        departures::publish_all(self.bus.as_ref(), deliveries).await?;
         Ok(())
     }
 
@@ -517,12 +476,7 @@ impl Domain {
 }
 
 async fn publish_member_left(bus: &dyn Bus, conversation: ConversationId, user: UserId) {
-    let event = Event::MemberLeft(Membership {
-        conversation_id: conversation.clone(),
-        user_id: user.clone(),
-    });
-    let delivery = Delivery::to(Topic::Conversation(conversation), event).except(user);
-    if let Err(e) = bus.publish(delivery).await {
+    if let Err(e) = bus.publish(departures::member_left(conversation, user)).await {
         tracing::debug!(error = %e, "member left not published");
     }
 }
@@ -559,55 +513,6 @@ async fn publish_roster(
         .await
     {
         tracing::debug!(error = %e, "presence list change not published");
-    }
-}
-
-/// Announces departures found by the reaper: presence-list leaves and member-left, then
-/// user-offline to contacts.
-async fn announce(bus: &dyn Bus, departures: Vec<Departure>) {
-    for departure in departures {
-        for conversation in &departure.joined {
-            let entry = roster_entry(&departure.conn, &departure.user, departure.status, Utc::now());
-            publish_roster(bus, conversation, Vec::new(), vec![entry]).await;
-        }
-        for conversation in departure.left {
-            publish_member_left(bus, conversation, departure.user.clone()).await;
-        }
-        let Some(contacts) = departure.offline_contacts else {
-            continue;
-        };
-        let event = Event::UserOffline(PresenceInfo {
-            user_id: departure.user,
-            status: Status::Offline,
-            last_seen: Some(Utc::now()),
-        });
-        for contact in contacts {
-            bus.publish(Delivery::to(Topic::User(contact), event.clone()))
-                .await
-                .ok();
-        }
-    }
-}
-
-/// The presence heartbeat: keeps this node's entries alive and reaps dead nodes.
-async fn maintain(presence: Arc<dyn Presence>, bus: Arc<dyn Bus>, every: Duration, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        match presence.maintain().await {
-            Ok(departures) => {
-                if !departures.is_empty() {
-                    METRICS.presence_reaped.inc_by(departures.len() as u64);
-                    tracing::info!(departures = departures.len(), "reaped connections of dead nodes");
-                }
-                announce(bus.as_ref(), departures).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
-        }
     }
 }
 
