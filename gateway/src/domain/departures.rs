@@ -73,16 +73,29 @@ impl Outbox {
     }
 }
 
-/// Publishes deliveries with many in flight at once, keeping their order within each topic.
-/// Every delivery is attempted; the first failure is answered.
+/// The user an event is about, when it is about one.
+fn subject(event: &Event) -> Option<&UserId> {
+    match event {
+        Event::UserOffline(p) | Event::UserOnline(p) | Event::PresenceChanged(p) => Some(&p.user_id),
+        Event::MemberLeft(m) => Some(&m.user_id),
+        Event::RosterChanged(r) => r.leaves.first().or(r.joins.first()).map(|e| &e.user_id),
+        _ => None,
+    }
+}
+
+/// Publishes deliveries with many in flight at once. Deliveries about one user to one topic
+/// keep their order (a presence-list leave before its member left); events about different
+/// users have no order to keep, so a reap's thousands of leaves in one conversation do not
+/// wait for each other. Every delivery is attempted; the first failure is answered.
 pub(super) async fn publish_all(bus: &dyn Bus, deliveries: Vec<Delivery>) -> Result<(), BusError> {
-    let mut index: HashMap<Topic, usize> = HashMap::new();
+    let mut index: HashMap<(Topic, Option<UserId>), usize> = HashMap::new();
     let mut groups: Vec<Vec<Delivery>> = Vec::new();
     for d in deliveries {
-        match index.get(&d.topic) {
+        let key = (d.topic.clone(), subject(&d.event).cloned());
+        match index.get(&key) {
             Some(&i) => groups[i].push(d),
             None => {
-                index.insert(d.topic.clone(), groups.len());
+                index.insert(key, groups.len());
                 groups.push(vec![d]);
             }
         }
@@ -347,3 +360,6 @@ impl Domain {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod scale;
