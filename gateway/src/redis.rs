@@ -176,6 +176,50 @@ pub(crate) mod test_server {
         }
     }
 
+    /// Runs one command on `redis`'s command connection (for CONFIG, SLOWLOG, CLIENT PAUSE...).
+    pub(crate) async fn run(
+        redis: &crate::redis::Redis,
+        command: &'static str,
+        args: &[&str],
+    ) -> Result<fred::types::Value, fred::error::Error> {
+        use fred::interfaces::ClientLike;
+        let cmd = fred::types::CustomCommand::new_static(command, None, false);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        redis.client.custom(cmd, args).await
+    }
+
+    /// Logs every command slower than `micros` from now on.
+    pub(crate) async fn watch_slow(redis: &crate::redis::Redis, micros: u64) -> Result<(), fred::error::Error> {
+        run(
+            redis,
+            "CONFIG",
+            &["SET", "slowlog-log-slower-than", &micros.to_string()],
+        )
+        .await?;
+        run(redis, "CONFIG", &["SET", "slowlog-max-len", "1024"]).await?;
+        run(redis, "SLOWLOG", &["RESET"]).await.map(drop)
+    }
+
+    /// The commands logged by [`watch_slow`]: (command and first argument, microseconds).
+    pub(crate) async fn slow_commands(redis: &crate::redis::Redis) -> Result<Vec<(String, i64)>, fred::error::Error> {
+        use fred::types::Value;
+        let Value::Array(entries) = run(redis, "SLOWLOG", &["GET", "-1"]).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let Value::Array(fields) = entry else { return None };
+                let micros = fields.get(2).and_then(|d| d.as_i64())?;
+                let Some(Value::Array(argv)) = fields.get(3) else {
+                    return None;
+                };
+                let name: Vec<String> = argv.iter().take(2).filter_map(|a| a.as_string()).collect();
+                Some((name.join(" "), micros))
+            })
+            .collect())
+    }
+
     impl Drop for TestRedis {
         fn drop(&mut self) {
             let _ = self.child.kill();

@@ -5,6 +5,7 @@
 mod access;
 mod connections;
 mod conversations;
+mod departures;
 mod error;
 pub mod hub;
 mod messages;
@@ -24,17 +25,15 @@ pub use typing::{TYPING_TIMEOUT, TypingTimers};
 use crate::auth::Identity;
 use crate::bus::Bus;
 use crate::config::AccessMode;
-use crate::metrics::METRICS;
-use crate::presence::{ClusterStats, Departure, Presence, UserPage, UserPresence};
+use crate::presence::{ClusterStats, Presence, UserPage, UserPresence};
 use crate::store::{ConversationStore, MessageStore};
 use chrono::{DateTime, Utc};
-use shared::event::{Direct, Membership, Notification, PresenceInfo, RosterDiff, RosterEntry, Typing, UserRef};
+use shared::event::{Direct, Notification, PresenceInfo, RosterDiff, RosterEntry, Typing, UserRef};
 use shared::{ConnId, ConversationId, Delivery, Event, Status, Topic, UserId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 /// What the REST API may ask for at most in one page of users.
 pub const MAX_USERS_PAGE: usize = 1000;
@@ -125,13 +124,15 @@ impl Domain {
             tasks,
             shutdown,
         };
+        domain.presence.set_offline_grace(rules.offline_grace);
         if let Some(every) = domain.presence.heartbeat_interval() {
-            domain.tasks.spawn(maintain(
+            departures::spawn(
                 domain.presence.clone(),
                 domain.bus.clone(),
                 every,
+                &domain.tasks,
                 domain.shutdown.clone(),
-            ));
+            );
         }
         domain
     }
@@ -144,48 +145,6 @@ impl Domain {
     /// Local connections, for the drain.
     pub fn local_connections(&self) -> Vec<Arc<dyn Connection>> {
         self.hub.connections()
-    }
-
-    /// Leaves the cluster politely once this node's connections are closed: its remaining
-    /// presence entries go, and the departures they cause are announced.
-    pub async fn depart(&self) {
-        match self.presence.depart().await {
-            Ok(departures) => announce(self.bus.as_ref(), departures).await,
-            Err(e) => tracing::warn!(error = %e, "presence entries left to expire with their TTL"),
-        }
-    }
-
-    fn settle_after_grace(&self, user: UserId, announce: bool) {
-        let presence = self.presence.clone();
-        let bus = self.bus.clone();
-        let grace = self.rules.offline_grace;
-        let span = tracing::debug_span!("offline_grace", user = %user);
-        // Not cancelled by shutdown: a draining node still settles its users' departures.
-        self.tasks.spawn(
-            async move {
-                tokio::time::sleep(grace).await;
-                let contacts = match presence.settle_offline(&user).await {
-                    Ok(Some(contacts)) if announce => contacts,
-                    Ok(_) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "offline not settled");
-                        return;
-                    }
-                };
-                let last_seen = presence.user(&user).await.ok().and_then(|p| p.last_seen);
-                let event = Event::UserOffline(PresenceInfo {
-                    user_id: user,
-                    status: Status::Offline,
-                    last_seen: last_seen.or_else(|| Some(Utc::now())),
-                });
-                for contact in contacts {
-                    bus.publish(Delivery::to(Topic::User(contact), event.clone()))
-                        .await
-                        .ok();
-                }
-            }
-            .instrument(span),
-        );
     }
 
     /// A typing start or stop, shown to the others in the conversation.
@@ -246,11 +205,11 @@ impl Domain {
     }
 
     async fn tell_contacts(&self, user: &UserId, event: Event) -> Result<(), DomainError> {
-        for contact in self.presence.contacts(user).await? {
-            self.bus
-                .publish(Delivery::to(Topic::User(contact), event.clone()))
-                .await?;
-        }
+        let deliveries = (self.presence.contacts(user).await?)
+            .into_iter()
+            .map(|contact| Delivery::to(Topic::User(contact), event.clone()))
+            .collect();
+        departures::publish_all(self.bus.as_ref(), deliveries).await?;
         Ok(())
     }
 
@@ -362,12 +321,7 @@ impl Domain {
 }
 
 pub(super) async fn publish_member_left(bus: &dyn Bus, conversation: ConversationId, user: UserId) {
-    let event = Event::MemberLeft(Membership {
-        conversation_id: conversation.clone(),
-        user_id: user.clone(),
-    });
-    let delivery = Delivery::to(Topic::Conversation(conversation), event).except(user);
-    if let Err(e) = bus.publish(delivery).await {
+    if let Err(e) = bus.publish(departures::member_left(conversation, user)).await {
         tracing::debug!(error = %e, "member left not published");
     }
 }
@@ -404,55 +358,6 @@ pub(super) async fn publish_roster(
         .await
     {
         tracing::debug!(error = %e, "presence list change not published");
-    }
-}
-
-/// Announces departures found by the reaper: presence-list leaves and member-left, then
-/// user-offline to contacts.
-async fn announce(bus: &dyn Bus, departures: Vec<Departure>) {
-    for departure in departures {
-        for conversation in &departure.joined {
-            let entry = roster_entry(&departure.conn, &departure.user, departure.status, Utc::now());
-            publish_roster(bus, conversation, Vec::new(), vec![entry]).await;
-        }
-        for conversation in departure.left {
-            publish_member_left(bus, conversation, departure.user.clone()).await;
-        }
-        let Some(contacts) = departure.offline_contacts else {
-            continue;
-        };
-        let event = Event::UserOffline(PresenceInfo {
-            user_id: departure.user,
-            status: Status::Offline,
-            last_seen: Some(Utc::now()),
-        });
-        for contact in contacts {
-            bus.publish(Delivery::to(Topic::User(contact), event.clone()))
-                .await
-                .ok();
-        }
-    }
-}
-
-/// The presence heartbeat: keeps this node's entries alive and reaps dead nodes.
-async fn maintain(presence: Arc<dyn Presence>, bus: Arc<dyn Bus>, every: Duration, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        match presence.maintain().await {
-            Ok(departures) => {
-                if !departures.is_empty() {
-                    METRICS.presence_reaped.inc_by(departures.len() as u64);
-                    tracing::info!(departures = departures.len(), "reaped connections of dead nodes");
-                }
-                announce(bus.as_ref(), departures).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
-        }
     }
 }
 

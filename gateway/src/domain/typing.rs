@@ -2,13 +2,16 @@
 //! [`TYPING_TIMEOUT`] ends with a stop sent on the typer's behalf.
 //!
 //! One task owns one timer wheel for the whole node, so an indicator costs a map entry, not a
-//! task or a timer of its own.
+//! task or a timer of its own. Both ends are bounded: the command queue (a full queue drops the
+//! command rather than grow without limit) and the stops waiting to be published, of which
+//! several are in flight at once so that a slow PUBLISH delays no other expiry.
 
 use crate::bus::Bus;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use shared::event::Typing;
 use shared::{ConversationId, Delivery, Event, Topic, UserId};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -17,6 +20,12 @@ use tokio_util::time::{DelayQueue, delay_queue};
 
 /// How long a typing indicator lasts without a new start (PROTOCOL.md 2.2).
 pub const TYPING_TIMEOUT: Duration = Duration::from_secs(8);
+/// Commands waiting for the timer task.
+const COMMAND_QUEUE: usize = 8192;
+/// Stops waiting to be published; beyond this the oldest is dropped.
+const PENDING_STOPS: usize = 8192;
+/// Stops published at once.
+const IN_FLIGHT: usize = 32;
 
 type Key = (ConversationId, UserId);
 
@@ -32,37 +41,52 @@ enum Command {
 /// Handle to the node's typing timers.
 #[derive(Clone)]
 pub struct TypingTimers {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
 }
 
 impl TypingTimers {
     /// Starts the timer task; it publishes expiries on `bus` and ends with `shutdown`.
     pub fn spawn(bus: Arc<dyn Bus>, shutdown: CancellationToken, tasks: &tokio_util::task::TaskTracker) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         tasks.spawn(run(rx, bus, shutdown));
         Self { tx }
     }
 
+    fn send(&self, command: Command) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(command) {
+            // Only a timer task stalled for thousands of commands gets here; an indicator then
+            // ends with the client's own timeout.
+            tracing::warn!("typing timers overloaded; a typing command was dropped");
+        }
+    }
+
     /// A start: the indicator stops by itself after [`TYPING_TIMEOUT`].
     pub fn start(&self, conversation: ConversationId, user: UserId) {
-        let _ = self.tx.send(Command::Start((conversation, user)));
+        self.send(Command::Start((conversation, user)));
     }
 
     /// An explicit stop.
     pub fn cancel(&self, conversation: ConversationId, user: UserId) {
-        let _ = self.tx.send(Command::Cancel((conversation, user)));
+        self.send(Command::Cancel((conversation, user)));
     }
 
     /// The typer is gone from the conversation: stop now if they were typing.
     pub fn finish(&self, conversation: ConversationId, user: UserId) {
-        let _ = self.tx.send(Command::Finish((conversation, user)));
+        self.send(Command::Finish((conversation, user)));
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Command>, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
+async fn run(mut rx: mpsc::Receiver<Command>, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
     let mut queue: DelayQueue<Key> = DelayQueue::new();
     let mut armed: HashMap<Key, delay_queue::Key> = HashMap::new();
+    let mut pending: VecDeque<Key> = VecDeque::new();
+    let mut in_flight = FuturesUnordered::new();
     loop {
+        while in_flight.len() < IN_FLIGHT
+            && let Some(key) = pending.pop_front()
+        {
+            in_flight.push(publish_stop(bus.as_ref(), key));
+        }
         tokio::select! {
             () = shutdown.cancelled() => break,
             cmd = rx.recv() => match cmd {
@@ -82,17 +106,26 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, bus: Arc<dyn Bus>, shutdo
                 Some(Command::Finish(key)) => {
                     if let Some(slot) = armed.remove(&key) {
                         queue.remove(&slot);
-                        publish_stop(bus.as_ref(), key).await;
+                        queue_stop(&mut pending, key);
                     }
                 }
             },
             Some(expired) = queue.next(), if !queue.is_empty() => {
                 let key = expired.into_inner();
                 armed.remove(&key);
-                publish_stop(bus.as_ref(), key).await;
+                queue_stop(&mut pending, key);
             }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
         }
     }
+}
+
+fn queue_stop(pending: &mut VecDeque<Key>, key: Key) {
+    if pending.len() >= PENDING_STOPS {
+        pending.pop_front();
+        tracing::warn!("typing stops are not published fast enough; one was dropped");
+    }
+    pending.push_back(key);
 }
 
 async fn publish_stop(bus: &dyn Bus, (conversation_id, user_id): Key) {
@@ -152,5 +185,40 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(rx.try_recv().is_ok());
         Ok(())
+    }
+
+    /// A bus whose every publish takes a second.
+    struct SlowBus(mpsc::UnboundedSender<Delivery>);
+
+    #[async_trait::async_trait]
+    impl Bus for SlowBus {
+        async fn publish(&self, delivery: Delivery) -> Result<(), crate::bus::BusError> {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = self.0.send(delivery);
+            Ok(())
+        }
+        async fn subscribe(&self, _: &Topic) -> Result<(), crate::bus::BusError> {
+            Ok(())
+        }
+        async fn unsubscribe(&self, _: &Topic) -> Result<(), crate::bus::BusError> {
+            Ok(())
+        }
+    }
+
+    /// A slow PUBLISH delays no other expiry: twenty indicators that expire together are all
+    /// stopped one publish later, not one after another.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_publish_does_not_delay_the_other_stops() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let timers = TypingTimers::spawn(Arc::new(SlowBus(tx)), CancellationToken::new(), &TaskTracker::new());
+        for n in 0..20 {
+            timers.start("c".into(), format!("u{n}").into());
+        }
+        tokio::time::sleep(TYPING_TIMEOUT + Duration::from_millis(1500)).await;
+        let mut stopped = 0;
+        while rx.try_recv().is_ok() {
+            stopped += 1;
+        }
+        assert_eq!(stopped, 20);
     }
 }

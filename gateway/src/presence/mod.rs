@@ -16,8 +16,8 @@
 mod memory;
 mod redis;
 
+pub use self::redis::RedisPresence;
 pub use memory::MemoryPresence;
-pub use redis::RedisPresence;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -83,14 +83,50 @@ pub struct Departure {
     pub user: UserId,
     /// Conversations where that was the user's last joined connection.
     pub left: Vec<ConversationId>,
-    /// When the user has no connection left anywhere and was visible: the contacts to tell.
-    pub offline_contacts: Option<Vec<UserId>>,
+    /// When the user has no connection left anywhere and was visible: their circles, whose
+    /// connected members are the contacts to tell (read once per circle, not per departure).
+    pub offline_circles: Option<Vec<String>>,
     /// The dead connection.
     pub conn: ConnId,
     /// Every conversation it was joined to.
     pub joined: Vec<ConversationId>,
     /// The user's status at the time.
     pub status: Status,
+}
+
+/// A dead node's connections (or a previous incarnation's), claimed by this node to reap a
+/// chunk at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim(pub String);
+
+/// One chunk of a reap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapChunk {
+    /// The connections dropped by this chunk.
+    pub departures: Vec<Departure>,
+    /// Nothing is left to reap under this claim.
+    pub done: bool,
+}
+
+/// A user whose departure nobody settled in time (their node died during the offline grace),
+/// settled by the sweeper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lingered {
+    /// The user.
+    pub user: UserId,
+    /// The user was visible: contacts are told.
+    pub visible: bool,
+    /// Their circles, whose connected members are the contacts.
+    pub circles: Vec<String>,
+}
+
+/// A page of a circle's connected members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CirclePage {
+    /// Connected members on this page.
+    pub members: Vec<UserId>,
+    /// Pass back for the next page; `None` after the last.
+    pub next: Option<String>,
 }
 
 /// A user's presence as others see it.
@@ -189,19 +225,48 @@ pub trait Presence: Send + Sync + 'static {
     async fn user_roster(&self, user: &UserId) -> Result<Vec<(ConversationId, RosterEntry)>, PresenceError>;
     /// Per-node and total counts.
     async fn stats(&self) -> Result<ClusterStats, PresenceError>;
-    /// How often [`Presence::maintain`] must run; `None` when there is nothing to maintain.
+    /// How often [`Presence::heartbeat`] and the reaper must run; `None` when there is nothing
+    /// to maintain (a single node).
     fn heartbeat_interval(&self) -> Option<Duration> {
         None
     }
-    /// Refreshes this node's heartbeat (registering its connections again if they were lost)
-    /// and reaps nodes whose heartbeat expired, returning the departures to announce. Each dead
-    /// node's departures are returned to exactly one caller in the cluster.
-    async fn maintain(&self) -> Result<Vec<Departure>, PresenceError> {
+    /// Tells presence how long the domain waits before settling a departure, so that a
+    /// departure nobody settles (its node died meanwhile) is swept only after that.
+    fn set_offline_grace(&self, _grace: Duration) {}
+    /// Refreshes this node's heartbeat, registering its connections again (in bounded chunks)
+    /// when Redis no longer holds them.
+    async fn heartbeat(&self) -> Result<(), PresenceError> {
+        Ok(())
+    }
+    /// Claims the connections of nodes whose heartbeat expired (never this node's own live
+    /// ones) and of reaps abandoned by their reaper. Each connection is then returned by
+    /// [`Presence::reap`] to exactly one caller in the cluster.
+    async fn claim_dead(&self) -> Result<Vec<Claim>, PresenceError> {
         Ok(Vec::new())
     }
-    /// Removes this node and whatever entries it still has (a polite exit), returning the
-    /// departures to announce.
-    async fn depart(&self) -> Result<Vec<Departure>, PresenceError> {
+    /// Drops at most `limit` connections of a claim; the cost in Redis is bounded by `limit`.
+    async fn reap(&self, _claim: &Claim, _limit: usize) -> Result<ReapChunk, PresenceError> {
+        Ok(ReapChunk {
+            departures: Vec::new(),
+            done: true,
+        })
+    }
+    /// One page of the connected members of a circle (`cursor` `None` for the first page).
+    async fn circle_page(
+        &self,
+        _circle: &str,
+        _cursor: Option<&str>,
+        _limit: usize,
+    ) -> Result<CirclePage, PresenceError> {
+        Ok(CirclePage::default())
+    }
+    /// Settles at most `limit` departures that nobody settled within their linger time.
+    async fn sweep_lingering(&self, _limit: usize) -> Result<Vec<Lingered>, PresenceError> {
+        Ok(Vec::new())
+    }
+    /// Leaves the cluster politely: this node stops heartbeating, and its remaining entries
+    /// are claimed for the caller to reap.
+    async fn depart(&self) -> Result<Vec<Claim>, PresenceError> {
         Ok(Vec::new())
     }
 }

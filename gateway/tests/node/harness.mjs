@@ -535,6 +535,40 @@ export async function startRedis({ t } = {}) {
   return redis;
 }
 
+/**
+ * Sends one command to `redis` on a fresh connection and resolves with the first line of its
+ * reply (`+OK`, `:1`, `-ERR ...`): the fault tools of the cluster tests, e.g.
+ * `redisCommand(redis, 'FLUSHALL')` (Redis lost its data) or
+ * `redisCommand(redis, 'CLIENT', 'PAUSE', '2500', 'ALL')` (Redis stalls).
+ */
+export function redisCommand(redis, ...args) {
+  return new Promise((resolveReply, reject) => {
+    const sock = createConnection({ host: '127.0.0.1', port: redis.port });
+    let buf = '';
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`redis ${args.join(' ')}: no reply`));
+    }, 5_000);
+    sock.setEncoding('utf8');
+    sock.once('connect', () => {
+      const parts = args.map((a) => String(a));
+      sock.write(`*${parts.length}\r\n${parts.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
+    });
+    sock.on('data', (chunk) => {
+      buf += chunk;
+      const end = buf.indexOf('\r\n');
+      if (end < 0) return;
+      clearTimeout(timer);
+      sock.destroy();
+      resolveReply(buf.slice(0, end));
+    });
+    sock.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
 let prefixCounter = 0;
 /** A Redis key prefix no other test (in any test process) uses. */
 export function uniquePrefix(label = 'sbtest') {
