@@ -2,14 +2,12 @@
 //! authenticates namespace connections, turns inbound events into domain commands and acks,
 //! and renders the domain events this node receives into each namespace's vocabulary.
 //!
-//! Engine.IO sessions and their transports are in [`engine`]; this module sees Socket.IO
+//! Engine.IO sessions and their transports are in [`engineio`]; this module sees Socket.IO
 //! packets. An event is rendered and encoded once per namespace, then handed to each
 //! recipient's session, which writes it straight to the socket when nothing waits before it.
 
-mod engine;
-mod packet;
+pub mod packet;
 mod profile;
-mod ws;
 
 pub use profile::{Profile, profile};
 
@@ -22,7 +20,7 @@ use crate::index::{Index, Indexed};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use axum::Router;
-use engine::{CloseReason, Engine, EngineSettings, Handler, Session};
+use engineio::{CloseReason, Config as EngineSettings, Engine, Handler, Session};
 use futures::FutureExt;
 use packet::Kind;
 use serde::Serialize;
@@ -363,7 +361,7 @@ impl SocketIoAdapter {
 
     /// The `/socket.io/` routes.
     pub fn routes(self: &Arc<Self>) -> Router {
-        engine::routes(self.clone())
+        engineio::routes(self.clone())
     }
 
     fn ns_name(&self, ns: u8) -> &str {
@@ -426,7 +424,7 @@ impl SocketIoAdapter {
                 return;
             }
         };
-        let sid = engine::random_id();
+        let sid = engineio::random_id();
         let socket = Arc::new(SioSocket {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
             ns,
