@@ -92,6 +92,27 @@ async fn a_waiting_poll_returns_when_a_packet_comes() -> TestResult {
     Ok(())
 }
 
+/// The reference server (engine.io's `Polling.onPollRequest`) answers a second GET while one
+/// waits with an empty 400 and closes the session with a transport error; the waiting GET
+/// gets the close packet.
+#[tokio::test]
+async fn an_overlapping_poll_closes_the_session() -> TestResult {
+    let server = TestServer::start(Config::default()).await?;
+    let (sid, _) = server.handshake().await?;
+    let addr = server.addr;
+    let query = format!("EIO=4&transport=polling&sid={sid}");
+    let first = tokio::spawn(async move { common::http(addr, "GET", &query, b"").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = server.poll(&sid).await?;
+    assert_eq!((second.status, second.body.as_slice()), (400, &b""[..]));
+    let first = tokio::time::timeout(common::WAIT, first).await???;
+    assert_eq!((first.status, first.text().as_str()), (200, "1"));
+    assert_eq!(server.closed(&sid).await?, CloseReason::TransportError);
+    let after = server.poll(&sid).await?;
+    assert_eq!((after.status, after.refusal()?.0), (400, 1));
+    Ok(())
+}
+
 #[tokio::test]
 async fn pongs_keep_a_session_and_silence_ends_it() -> TestResult {
     let server = TestServer::start(fast_heartbeat()).await?;

@@ -49,9 +49,18 @@ pub(super) fn post<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>, body
 pub(super) async fn poll<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>) -> Response {
     {
         let mut st = session.state();
-        if matches!(st.transport, Transport::WebSocket(_)) || st.polling {
+        if matches!(st.transport, Transport::WebSocket(_)) {
             drop(st);
             return refuse(3, "Bad request");
+        }
+        if st.polling {
+            // Two polls at once: a broken client, which the reference server closes (the
+            // waiting poll gets the close packet) while refusing the second with an empty 400.
+            st.closing.get_or_insert(Closing::Now(CloseReason::TransportError));
+            drop(st);
+            tracing::debug!(sid = %session.sid, "overlapping polls: closing");
+            session.wake_all();
+            return StatusCode::BAD_REQUEST.into_response();
         }
         st.polling = true;
     }
