@@ -30,4 +30,4 @@ pub use config::Config;
 pub use engine::{Engine, Handler, random_id};
 pub use packet::{Packet, PacketBuilder};
 pub use session::Session;
-pub use transport::routes;
+pub use transport::{bearer, routes};

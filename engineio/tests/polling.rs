@@ -43,6 +43,30 @@ async fn handshake_sends_the_open_packet() -> TestResult {
 }
 
 #[tokio::test]
+async fn the_handshake_keeps_the_token_of_the_query_or_the_bearer_header() -> TestResult {
+    let server = TestServer::start(Config::default()).await?;
+    for (query, headers, want) in [
+        ("&token=q1", "", "q1"),
+        ("&token=q1", "Authorization: Bearer h1\r\n", "q1"),
+        ("&token=", "Authorization: bearer h1\r\n", "h1"),
+        ("", "Authorization: Basic h1\r\n", "none"),
+        ("", "Authorization: Bearer  \r\n", "none"),
+    ] {
+        let query = format!("EIO=4&transport=polling{query}");
+        let r = common::http_with(server.addr, "GET", &query, headers, b"").await?;
+        let open = common::open_packet(&r.body)?;
+        let sid = open["sid"].as_str().ok_or("no sid")?;
+        server.post(sid, b"4token").await?;
+        assert_eq!(
+            server.poll(sid).await?.text(),
+            format!("4token:{want}"),
+            "{query} {headers:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn refuses_bad_requests_with_engineio_codes() -> TestResult {
     let server = TestServer::start(Config::default()).await?;
     let r = server.http("GET", "EIO=3&transport=polling", b"").await?;

@@ -90,8 +90,9 @@ fn handshake_token(q: &EngineQuery, headers: &HeaderMap) -> Option<Box<str>> {
         .map(Into::into)
 }
 
-/// The token of an `Authorization: Bearer` header.
-fn bearer(header: &str) -> Option<&str> {
+/// The token in an `Authorization` header value (`Bearer …`, either case of the scheme), as
+/// the handshake reads it: public so that an embedding server's own routes accept the same.
+pub fn bearer(header: &str) -> Option<&str> {
     header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))

@@ -3,6 +3,7 @@
 //!
 //! The echo handler answers a message `m` with `4m`, except for a few commands:
 //! `bye` (sends `4bye`, then closes after flushing), `drop` (closes at once, as a drain does),
+//! `token` (sends `4token:` and the handshake's token),
 //! `flood:N:SIZE` (sends N packets of SIZE bytes at once).
 
 #![allow(dead_code)]
@@ -41,6 +42,10 @@ impl Handler for Echo {
                 session.close_after_flush(CloseReason::ServerClose);
             }
             "drop" => session.close_now(CloseReason::Draining),
+            "token" => {
+                let token = session.token.as_deref().unwrap_or("none");
+                session.send(Packet::new(format!("4token:{token}").as_bytes()));
+            }
             _ => {
                 if let Some(flood) = text.strip_prefix("flood:") {
                     let mut parts = flood.split(':').map(str::parse::<usize>);
@@ -187,10 +192,21 @@ impl Response {
 }
 
 pub async fn http(addr: std::net::SocketAddr, method: &str, query: &str, body: &[u8]) -> Res<Response> {
+    http_with(addr, method, query, "", body).await
+}
+
+/// [`http`] with extra header lines, each ending in `\r\n`.
+pub async fn http_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    query: &str,
+    headers: &str,
+    body: &[u8],
+) -> Res<Response> {
     let mut tcp = TcpStream::connect(addr).await?;
     let head = format!(
         "{method} /socket.io/?{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: text/plain;charset=UTF-8\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
     );
     tcp.write_all(head.as_bytes()).await?;
