@@ -199,14 +199,9 @@ pub fn parse_claim(kv: &str) -> Result<(String, Value), String> {
     Ok((k.to_owned(), value))
 }
 
-/// The token in an `Authorization` header value (`Bearer …`, either case of the scheme).
-pub fn bearer(header: &str) -> Option<&str> {
-    header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
+/// The token in an `Authorization` header value (`Bearer …`, either case of the scheme): the
+/// Socket.IO handshake's rule, so that REST and Socket.IO accept the same headers.
+pub use engineio::bearer;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]

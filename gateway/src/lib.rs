@@ -5,9 +5,9 @@
 //! - [`auth`]: user JWTs verified into an identity; tokens signed for `switchboard token`.
 //! - [`http`]: the REST API, health and readiness, mounted with the Socket.IO endpoint.
 //! - [`inbound`]: client payload shapes read into domain requests, shared by the adapters.
-//! - [`socketio`]: the Socket.IO adapter — Engine.IO sessions over WebSocket and polling,
-//!   inbound events to domain commands, domain events to each namespace's vocabulary. No
-//!   business rule lives here.
+//! - [`socketio`]: the Socket.IO adapter — Socket.IO packets over the `engineio` crate's
+//!   sessions (WebSocket and polling), inbound events to domain commands, domain events to
+//!   each namespace's vocabulary. No business rule lives here.
 //! - [`phoenix`]: the Phoenix Channels adapter — channel frames to domain commands, domain
 //!   events to seed 004's channel events and Phoenix.Presence. No business rule lives here.
 //! - [`domain`]: the rules — access, presence status, typing expiry, who hears about whom —
@@ -18,7 +18,6 @@
 //! - [`redis`]: the Redis connections a cluster node shares between bus and presence.
 //! - [`metrics`]: every Prometheus metric, registered once.
 //! - [`server`]: wiring, listening, draining on SIGTERM.
-//! - [`net`]: accepted connections the node can close itself, for the drain.
 //! - [`dev`]: the credentials `--dev` generates and keeps.
 
 pub mod auth;
@@ -29,7 +28,6 @@ pub mod domain;
 pub mod http;
 pub mod inbound;
 pub mod metrics;
-pub mod net;
 pub mod phoenix;
 pub mod presence;
 pub mod redis;

@@ -1,6 +1,8 @@
 //! Every Prometheus metric of the node, registered here once and served at `/metrics`.
 //! Labels come from small fixed sets: never a user, conversation or connection id.
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, MetricFamily};
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::sync::LazyLock;
 
@@ -53,6 +55,36 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntC
     c
 }
 
+/// `outbound_dropped_total`: what the Phoenix adapter counts, plus what the `engineio` crate
+/// counts for the Socket.IO sessions (it keeps its own count, knowing nothing of this registry).
+fn outbound_dropped(registry: &Registry) -> IntCounter {
+    let name = "outbound_dropped_total";
+    let c = IntCounter::new(name, "Frames dropped because a connection's outbound queue was full")
+        .unwrap_or_else(|e| unreachable_metric(name, e));
+    let _ = registry.register(Box::new(WithEngineIo(c.clone())));
+    c
+}
+
+struct WithEngineIo(IntCounter);
+
+impl Collector for WithEngineIo {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.0.collect();
+        // A count below 2^53: exact as f64.
+        let engine = engineio::stats::outbound_dropped() as f64;
+        for metric in families.iter_mut().flat_map(MetricFamily::mut_metric) {
+            let mut counter = Counter::default();
+            counter.set_value(metric.get_counter().get_value() + engine);
+            metric.set_counter(counter);
+        }
+        families
+    }
+}
+
 /// Metric definitions are constants: a failure here is a typo caught by the first test run.
 fn unreachable_metric(name: &str, e: prometheus::Error) -> ! {
     panic!("metric {name} is malformed: {e}")
@@ -76,11 +108,7 @@ impl Metrics {
                 "Connections closed, by reason",
                 "reason",
             ),
-            outbound_dropped: counter(
-                &registry,
-                "outbound_dropped_total",
-                "Frames dropped because a connection's outbound queue was full",
-            ),
+            outbound_dropped: outbound_dropped(&registry),
             inbound_errors: counter_vec(
                 &registry,
                 "inbound_errors_total",

@@ -5,9 +5,9 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::Identity;
 use crate::domain::DomainError;
-use crate::net::ConnInfo;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
+use engineio::net::ConnInfo;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 

@@ -2,17 +2,15 @@
 //! authenticates namespace connections, turns inbound events into domain commands and acks,
 //! and renders the domain events the hub hands it into each namespace's vocabulary.
 //!
-//! Engine.IO sessions and their transports are in [`engine`]; this module sees Socket.IO
+//! Engine.IO sessions and their transports are in [`engineio`]; this module sees Socket.IO
 //! packets. Each namespace is one outlet of the hub: an event is rendered and encoded once per
 //! namespace, then handed to each recipient's session, which writes it straight to the socket
 //! when nothing waits before it.
 
 mod commands;
-mod engine;
-mod packet;
+pub mod packet;
 mod pressure;
 mod profile;
-mod ws;
 
 pub use profile::{Profile, profile};
 
@@ -22,7 +20,7 @@ use crate::domain::{Connection, Domain, DomainError, Local, Outlet, RateLimiter}
 use crate::metrics::METRICS;
 use axum::Router;
 use commands::{ErrorBody, Failure, INBOUND, Reply, Success};
-use engine::{CloseReason, Engine, EngineSettings, Handler, Session};
+use engineio::{CloseReason, Config as EngineSettings, Engine, Handler, Session};
 use futures::FutureExt;
 use packet::Kind;
 use pressure::Pressure;
@@ -244,7 +242,7 @@ impl SocketIoAdapter {
 
     /// The `/socket.io/` routes.
     pub fn routes(self: &Arc<Self>) -> Router {
-        engine::routes(self.clone())
+        engineio::routes(self.clone())
     }
 
     fn ns_name(&self, ns: u8) -> &str {
@@ -286,7 +284,7 @@ impl SocketIoAdapter {
                 return;
             }
         };
-        let sid = engine::random_id();
+        let sid = engineio::random_id();
         // One Engine.IO session carries a socket per namespace.
         let id = ConnId(format!("{}:{}:{}", self.ctx.node_id, ns_name, sid));
         let socket = Arc::new(SioSocket {

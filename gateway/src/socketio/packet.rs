@@ -1,11 +1,9 @@
-//! Engine.IO v4 and Socket.IO v5 packets as text, the same on both transports: parsing what
-//! clients send, and encoding what the node sends. Outbound packets are whole Engine.IO
-//! packets (`4` + the Socket.IO packet), built once with their WebSocket frame header in front
-//! and shared by every recipient: a WebSocket session writes the frame as it is, a polling
-//! session the text after the header.
+//! Socket.IO v5 packets as text, the same on both transports: parsing what clients send
+//! inside an Engine.IO message, and encoding what the node sends. Outbound packets are whole
+//! Engine.IO packets (`4` + the Socket.IO packet), built once by the `engineio` crate with
+//! their WebSocket frame header in front and shared by every recipient.
 
-use super::ws;
-use bytes::Bytes;
+use engineio::{Packet, PacketBuilder};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -22,39 +20,6 @@ pub enum PacketError {
     /// The data is not the JSON its packet type needs.
     #[error("malformed packet data: {0}")]
     Data(String),
-}
-
-/// An Engine.IO packet from a client; the payload borrows the frame or body it came in.
-#[derive(Debug, PartialEq, Eq)]
-pub enum EnginePacket<'a> {
-    /// `1`: the client closes the session.
-    Close,
-    /// `2` + data: a ping (only `2probe` during an upgrade, in v4).
-    Ping(&'a str),
-    /// `3` + data: the answer to our ping.
-    Pong(&'a str),
-    /// `4` + a Socket.IO packet.
-    Message(&'a str),
-    /// `5`: the client switches to the probed WebSocket.
-    Upgrade,
-    /// `6`: nothing.
-    Noop,
-}
-
-/// Reads one Engine.IO text packet.
-pub fn parse_engine(text: &str) -> Result<EnginePacket<'_>, PacketError> {
-    let mut chars = text.chars();
-    let kind = chars.next().ok_or(PacketError::UnknownType)?;
-    let rest = chars.as_str();
-    Ok(match kind {
-        '1' => EnginePacket::Close,
-        '2' => EnginePacket::Ping(rest),
-        '3' => EnginePacket::Pong(rest),
-        '4' => EnginePacket::Message(rest),
-        '5' => EnginePacket::Upgrade,
-        '6' => EnginePacket::Noop,
-        _ => return Err(PacketError::UnknownType),
-    })
 }
 
 /// The Socket.IO packet types.
@@ -148,53 +113,9 @@ pub fn event_args(data: &str) -> Result<(String, Value), PacketError> {
     Ok((name, first))
 }
 
-/// Room left in front of a packet's text for the longest WebSocket frame header.
-const HEADER_ROOM: usize = 10;
-
-/// An outbound Engine.IO packet as a whole WebSocket text frame; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Packet {
-    frame: Bytes,
-    /// Where the text starts (the frame header's length).
-    text_at: u8,
-}
-
-impl Packet {
-    /// A packet from its text.
-    pub fn new(text: &[u8]) -> Self {
-        let mut out = Vec::with_capacity(HEADER_ROOM + text.len());
-        out.extend_from_slice(&[0; HEADER_ROOM]);
-        out.extend_from_slice(text);
-        Self::framed(out)
-    }
-
-    /// `out` is `HEADER_ROOM` bytes, then the text: the header is written just before it.
-    fn framed(mut out: Vec<u8>) -> Self {
-        let header = ws::Header::new(ws::OP_TEXT, out.len() - HEADER_ROOM);
-        let header = header.as_bytes();
-        let start = HEADER_ROOM - header.len();
-        out[start..HEADER_ROOM].copy_from_slice(header);
-        Self {
-            frame: Bytes::from(out).slice(start..),
-            text_at: header.len() as u8,
-        }
-    }
-
-    /// The whole WebSocket frame.
-    pub fn frame(&self) -> &[u8] {
-        &self.frame
-    }
-
-    /// The Engine.IO text, for polling.
-    pub fn text(&self) -> &[u8] {
-        &self.frame[usize::from(self.text_at)..]
-    }
-}
-
 /// Starts an outbound packet: `4`, the Socket.IO type digit, and the namespace unless `/`.
-fn header(kind: u8, ns: &str, capacity: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_ROOM + capacity + ns.len() + 4);
-    out.extend_from_slice(&[0; HEADER_ROOM]);
+fn header(kind: u8, ns: &str, capacity: usize) -> PacketBuilder {
+    let mut out = PacketBuilder::with_capacity(capacity + ns.len() + 4);
     out.push(b'4');
     out.push(kind);
     if ns != "/" {
@@ -212,7 +133,7 @@ pub fn event(ns: &str, name: &str, payload: &impl Serialize) -> Result<Packet, s
     out.push(b',');
     serde_json::to_writer(&mut out, payload)?;
     out.push(b']');
-    Ok(Packet::framed(out))
+    Ok(out.build())
 }
 
 /// `43<id>[payload]`: the answer to an event that asked for one.
@@ -222,7 +143,7 @@ pub fn ack(ns: &str, id: i64, payload: &impl Serialize) -> Result<Packet, serde_
     out.push(b'[');
     serde_json::to_writer(&mut out, payload)?;
     out.push(b']');
-    Ok(Packet::framed(out))
+    Ok(out.build())
 }
 
 /// `40{"sid":…}`: the namespace is connected.
@@ -234,7 +155,7 @@ pub fn connected(ns: &str, sid: &str) -> Packet {
     let mut out = header(b'0', ns, 32);
     // A struct of one string always serializes.
     let _ = serde_json::to_writer(&mut out, &Sid { sid });
-    Packet::framed(out)
+    out.build()
 }
 
 /// `44{"message":…}`: the namespace connection is refused.
@@ -245,29 +166,18 @@ pub fn connect_error(ns: &str, message: &str) -> Packet {
     }
     let mut out = header(b'4', ns, 64);
     let _ = serde_json::to_writer(&mut out, &Refusal { message });
-    Packet::framed(out)
+    out.build()
 }
 
 /// `41`: the server closes the namespace (the client does not reconnect).
 pub fn disconnect(ns: &str) -> Packet {
-    Packet::framed(header(b'1', ns, 0))
+    header(b'1', ns, 0).build()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn reads_engine_packets() {
-        assert_eq!(parse_engine("2probe").ok(), Some(EnginePacket::Ping("probe")));
-        assert_eq!(parse_engine("3").ok(), Some(EnginePacket::Pong("")));
-        assert_eq!(parse_engine("42[\"a\"]").ok(), Some(EnginePacket::Message("2[\"a\"]")));
-        assert_eq!(parse_engine("5").ok(), Some(EnginePacket::Upgrade));
-        assert!(parse_engine("").is_err());
-        assert!(parse_engine("9").is_err());
-        assert!(parse_engine("é").is_err());
-    }
 
     #[test]
     fn reads_socketio_headers() -> Result<(), PacketError> {

@@ -1,21 +1,29 @@
-//! WebSocket (RFC 6455) as the Socket.IO transport needs it, over the connection's own TCP
-//! stream: the handshake answer, client frames read from whatever bytes arrive, and headers
-//! for server frames. Owning the framing lets the fan-out write a frame straight to the
-//! socket when nothing is queued, and lets an idle connection hold no buffer at all.
+//! WebSocket (RFC 6455) framing as Engine.IO needs it, over the connection's own TCP stream:
+//! the handshake answer, client frames read from whatever bytes arrive, and headers for server
+//! frames. Owning the framing lets a sender write a frame straight to the socket when nothing
+//! is queued, and lets an idle connection hold no buffer at all.
 
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+/// Opcode: the next fragment of a message.
 pub const OP_CONTINUATION: u8 = 0x0;
+/// Opcode: a UTF-8 text message.
 pub const OP_TEXT: u8 = 0x1;
+/// Opcode: a binary message.
 pub const OP_BINARY: u8 = 0x2;
+/// Opcode: the closing handshake.
 pub const OP_CLOSE: u8 = 0x8;
+/// Opcode: a ping.
 pub const OP_PING: u8 = 0x9;
+/// Opcode: a pong.
 pub const OP_PONG: u8 = 0xA;
 
-/// Close codes we send.
+/// Close code for a protocol violation.
 pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code for a text message that is not UTF-8.
 pub const CLOSE_NOT_UTF8: u16 = 1007;
+/// Close code for a message over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
@@ -34,6 +42,7 @@ pub struct Header {
 }
 
 impl Header {
+    /// The header for an `opcode` frame of `len` payload bytes.
     pub fn new(opcode: u8, len: usize) -> Self {
         let mut bytes = [0u8; 10];
         bytes[0] = 0x80 | opcode;
@@ -52,6 +61,7 @@ impl Header {
         Self { bytes, len: n }
     }
 
+    /// The header's bytes, 2 to 10 of them.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
@@ -74,15 +84,19 @@ pub fn close_frame(code: u16) -> Vec<u8> {
 /// Why the client's byte stream is not acceptable; each maps to a close code.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WsError {
+    /// A frame or reassembled message over the size limit.
     #[error("message over the size limit")]
     TooBig,
+    /// A frame RFC 6455 forbids from a client.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+    /// A text message that is not UTF-8.
     #[error("text message is not UTF-8")]
     NotUtf8,
 }
 
 impl WsError {
+    /// The close code that tells the client why.
     pub fn close_code(&self) -> u16 {
         match self {
             WsError::TooBig => CLOSE_TOO_BIG,
@@ -95,10 +109,15 @@ impl WsError {
 /// A whole message or control frame from the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
+    /// A whole text message, reassembled if it came in fragments.
     Text(&'a str),
+    /// A whole binary message.
     Binary(&'a [u8]),
+    /// A ping and its payload, for the pong.
     Ping(&'a [u8]),
+    /// A pong.
     Pong,
+    /// The client's close frame.
     Close,
 }
 

@@ -1,5 +1,5 @@
 //! Accepted TCP connections whose stream handlers can reach: after a WebSocket upgrade the
-//! Socket.IO transport reads and writes the stream itself (hyper hands it over wrapped in
+//! Engine.IO transport reads and writes the stream itself (hyper hands it over wrapped in
 //! types that cannot be unwrapped), and shuts it down to close it — which is how a drain makes
 //! clients see a lost connection and reconnect by themselves.
 

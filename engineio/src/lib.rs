@@ -1,0 +1,33 @@
+//! Engine.IO v4, server side: sessions over WebSocket and HTTP long-polling, the upgrade from
+//! one to the other, heartbeats, bounded outbound queues, and closing. The layer above
+//! (Socket.IO) implements [`Handler`] and sees whole messages; it answers with [`Packet`]s.
+//!
+//! The components, one concept each:
+//! - [`config`]: the settings every session shares, with their defaults.
+//! - [`engine`]: the sessions by id, and the [`Handler`] contract with the layer above.
+//! - [`session`]: one client's outbound queue, heartbeat and close state.
+//! - [`close`]: why a session ended.
+//! - [`packet`]: the Engine.IO packet text codec, and outbound packets pre-framed.
+//! - [`frame`]: RFC 6455 framing over the raw TCP stream (client frames in, headers out).
+//! - `transport`: the HTTP routes — handshake, long-polling, WebSocket and the upgrade.
+//! - [`net`]: accepted connections whose TCP stream a WebSocket session takes over.
+//! - [`stats`]: process-wide counters for the embedding server's metrics.
+
+#![warn(missing_docs)]
+
+pub mod close;
+pub mod config;
+pub mod engine;
+pub mod frame;
+pub mod net;
+pub mod packet;
+pub mod session;
+pub mod stats;
+mod transport;
+
+pub use close::CloseReason;
+pub use config::Config;
+pub use engine::{Engine, Handler, random_id};
+pub use packet::{Packet, PacketBuilder};
+pub use session::Session;
+pub use transport::{bearer, routes};

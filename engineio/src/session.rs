@@ -1,0 +1,221 @@
+//! One client's session, whatever its transport: the outbound queue, the heartbeat and the
+//! close state that both transports drive.
+//!
+//! Senders (a fan-out, an ack) write a frame straight to the TCP socket of a WebSocket
+//! session when nothing is queued before it; only what the kernel does not take at once is
+//! queued, up to [`Config::max_queue`] packets, beyond which the client is a slow consumer
+//! and is closed.
+
+use crate::close::{CloseReason, Closing};
+use crate::config::Config;
+use crate::packet::Packet;
+use crate::stats;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub(crate) enum Transport {
+    Polling,
+    WebSocket(Arc<TcpStream>),
+}
+
+pub(crate) struct Heartbeat {
+    /// When the next ping is due, or when the awaited pong is late.
+    pub(crate) next: Instant,
+    awaiting_pong: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) transport: Transport,
+    /// Packets not yet written (WebSocket) or not yet polled (polling).
+    pub(crate) queue: VecDeque<Packet>,
+    /// Bytes of the first queued packet's frame already written.
+    pub(crate) written: usize,
+    pub(crate) closing: Option<Closing>,
+    /// A polling session whose client probes a WebSocket: polls are answered at once.
+    pub(crate) upgrading: bool,
+    /// A GET request is waiting on the session.
+    pub(crate) polling: bool,
+    pub(crate) heartbeat: Heartbeat,
+}
+
+/// One client connection, whatever its transport.
+pub struct Session<D> {
+    /// The Engine.IO session id, 20 URL-safe characters.
+    pub sid: Box<str>,
+    /// The token from the handshake's `token` query parameter or `Authorization: Bearer`.
+    pub token: Option<Box<str>>,
+    /// The layer above's state.
+    pub data: D,
+    state: Mutex<Inner>,
+    /// Wakes whoever writes for the session: the WebSocket task, or a pending poll.
+    pub(crate) wake: Notify,
+    /// Wakes a polling session's heartbeat task when the session closes or upgrades.
+    pub(crate) closed: Notify,
+    max_queue: usize,
+}
+
+impl<D> Session<D> {
+    pub(crate) fn new(sid: Box<str>, token: Option<Box<str>>, transport: Transport, config: &Config) -> Self
+    where
+        D: Default,
+    {
+        Self {
+            sid,
+            token,
+            data: D::default(),
+            state: Mutex::new(Inner {
+                transport,
+                queue: VecDeque::new(),
+                written: 0,
+                closing: None,
+                upgrading: false,
+                polling: false,
+                heartbeat: Heartbeat {
+                    // The first ping comes after half to all of the interval, at random:
+                    // clients that connected together (a reconnect storm, a load test) would
+                    // otherwise be pinged together, every interval, for as long as they stay.
+                    next: Instant::now() + config.ping_interval.mul_f64(rand::random_range(0.5..=1.0)),
+                    awaiting_pong: false,
+                },
+            }),
+            wake: Notify::new(),
+            closed: Notify::new(),
+            max_queue: config.max_queue.max(1),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, Inner> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends one Engine.IO text packet: written to the socket at once when nothing waits
+    /// before it, queued otherwise. A full queue closes the session (slow consumer).
+    pub fn send(&self, packet: Packet) {
+        self.push(packet, true);
+    }
+
+    /// Queues one packet for the session's task, which writes whatever is queued together:
+    /// fewer system calls per packet than [`Session::send`] when a server is behind, at the
+    /// cost of a task wake-up.
+    pub fn enqueue(&self, packet: Packet) {
+        self.push(packet, false);
+    }
+
+    fn push(&self, packet: Packet, write_through: bool) {
+        let mut st = self.state();
+        if st.closing.is_some() {
+            return;
+        }
+        if write_through
+            && let Transport::WebSocket(tcp) = &st.transport
+            && st.queue.is_empty()
+        {
+            let frame = packet.frame();
+            match write(tcp, frame) {
+                Ok(n) if n == frame.len() => return,
+                Ok(n) => st.written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.written = 0,
+                Err(_) => {
+                    st.closing = Some(Closing::Now(CloseReason::TransportError));
+                    drop(st);
+                    self.wake_all();
+                    return;
+                }
+            }
+            st.queue.push_back(packet);
+            drop(st);
+            self.wake.notify_one();
+            return;
+        }
+        if st.queue.len() >= self.max_queue {
+            stats::count_outbound_dropped();
+            tracing::info!(sid = %self.sid, "closing a slow consumer");
+            st.closing = Some(Closing::Now(CloseReason::SlowConsumer));
+            drop(st);
+            self.wake_all();
+            return;
+        }
+        let first = st.queue.is_empty();
+        st.queue.push_back(packet);
+        drop(st);
+        // Whoever writes was told when the queue stopped being empty.
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Closes the session after writing what is queued (the client gets a server disconnect
+    /// packet sent just before).
+    pub fn close_after_flush(&self, reason: CloseReason) {
+        self.close(Closing::Flush(reason));
+    }
+
+    /// Closes the session at once: for a WebSocket, the TCP connection is shut down, which
+    /// clients treat as a lost connection and reconnect.
+    pub fn close_now(&self, reason: CloseReason) {
+        self.close(Closing::Now(reason));
+    }
+
+    fn close(&self, closing: Closing) {
+        let mut st = self.state();
+        if st.closing.is_none() {
+            st.closing = Some(closing);
+        }
+        drop(st);
+        self.wake_all();
+    }
+
+    pub(crate) fn wake_all(&self) {
+        self.wake.notify_one();
+        self.closed.notify_one();
+    }
+
+    /// Whether the session is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        self.state().closing.is_some()
+    }
+
+    pub(crate) fn is_websocket(&self) -> bool {
+        matches!(self.state().transport, Transport::WebSocket(_))
+    }
+
+    pub(crate) fn on_pong(&self, config: &Config) {
+        let mut st = self.state();
+        if st.heartbeat.awaiting_pong {
+            st.heartbeat.awaiting_pong = false;
+            st.heartbeat.next = Instant::now() + config.ping_interval;
+        }
+    }
+
+    /// Runs when the heartbeat timer fires: pings when due, and returns when to look again;
+    /// an error when the pong is late.
+    pub(crate) fn heartbeat(&self, config: &Config) -> Result<Instant, CloseReason> {
+        let now = Instant::now();
+        let mut st = self.state();
+        if now < st.heartbeat.next {
+            return Ok(st.heartbeat.next);
+        }
+        if st.heartbeat.awaiting_pong {
+            return Err(CloseReason::HeartbeatTimeout);
+        }
+        st.heartbeat.awaiting_pong = true;
+        st.heartbeat.next = now + config.ping_timeout;
+        let next = st.heartbeat.next;
+        drop(st);
+        static PING: LazyLock<Packet> = LazyLock::new(|| Packet::new(b"2"));
+        self.send(PING.clone());
+        Ok(next)
+    }
+}
+
+/// One `send(2)`, without waiting: through tokio, so that a full socket clears the
+/// write readiness the session's task then waits on.
+fn write(tcp: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    tcp.try_io(tokio::io::Interest::WRITABLE, || {
+        socket2::SockRef::from(tcp).send(bytes)
+    })
+}

@@ -1,0 +1,143 @@
+//! HTTP long-polling: a POST carries the client's packets, a GET waits for the server's. A
+//! polling session is a heartbeat task plus the requests that poll it.
+
+use super::{refuse, text};
+use crate::close::{CloseReason, Closing};
+use crate::engine::{Handler, finish};
+use crate::packet::{self, EnginePacket, SEPARATOR};
+use crate::session::{Session, Transport};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// The packets of one POST body, handed to the layer above in order.
+pub(super) fn post<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>, body: &[u8]) -> Response {
+    if body.len() > h.engine().settings.max_payload {
+        finish(h, session, CloseReason::TooBig);
+        return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response();
+    }
+    for raw in body.split(|b| *b == SEPARATOR) {
+        let Ok(raw) = std::str::from_utf8(raw) else {
+            finish(h, session, CloseReason::TransportError);
+            return refuse(3, "Bad request");
+        };
+        if let Some(encoded) = raw.strip_prefix('b') {
+            match base64::engine::general_purpose::STANDARD.decode(encoded) {
+                Ok(data) => h.on_binary(session, &data),
+                Err(_) => tracing::debug!(sid = %session.sid, "undecodable binary packet ignored"),
+            }
+            continue;
+        }
+        match packet::parse(raw) {
+            Ok(EnginePacket::Message(text)) => h.on_message(session, text),
+            Ok(EnginePacket::Pong(_)) => session.on_pong(&h.engine().settings),
+            Ok(EnginePacket::Close) => {
+                finish(h, session, CloseReason::ClientClose);
+                break;
+            }
+            Ok(EnginePacket::Ping(_) | EnginePacket::Upgrade | EnginePacket::Noop) => {}
+            Err(e) => tracing::debug!(sid = %session.sid, error = %e, "bad packet ignored"),
+        }
+    }
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))], "ok").into_response()
+}
+
+/// One long-poll: whatever is queued, or wait for something (a ping comes every interval).
+pub(super) async fn poll<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>) -> Response {
+    {
+        let mut st = session.state();
+        if matches!(st.transport, Transport::WebSocket(_)) {
+            drop(st);
+            return refuse(3, "Bad request");
+        }
+        if st.polling {
+            // Two polls at once: a broken client, which the reference server closes (the
+            // waiting poll gets the close packet) while refusing the second with an empty 400.
+            st.closing.get_or_insert(Closing::Now(CloseReason::TransportError));
+            drop(st);
+            tracing::debug!(sid = %session.sid, "overlapping polls: closing");
+            session.wake_all();
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        st.polling = true;
+    }
+    struct Polling<'a, D>(&'a Session<D>);
+    impl<D> Drop for Polling<'_, D> {
+        fn drop(&mut self) {
+            self.0.state().polling = false;
+        }
+    }
+    let _polling = Polling(session);
+    loop {
+        let woken = session.wake.notified();
+        {
+            let mut st = session.state();
+            if let Some(closing) = st.closing {
+                let mut body: Vec<u8> = Vec::new();
+                if matches!(closing, Closing::Flush(_)) {
+                    for p in st.queue.drain(..) {
+                        body.extend_from_slice(p.text());
+                        body.push(SEPARATOR);
+                    }
+                }
+                body.push(b'1');
+                drop(st);
+                finish(h, session, closing.reason());
+                return text(body);
+            }
+            if !st.queue.is_empty() {
+                let mut body = Vec::with_capacity(st.queue.iter().map(|p| p.text().len() + 1).sum());
+                for (i, p) in st.queue.drain(..).enumerate() {
+                    if i > 0 {
+                        body.push(SEPARATOR);
+                    }
+                    body.extend_from_slice(p.text());
+                }
+                return text(body);
+            }
+            if st.upgrading {
+                return text(Bytes::from_static(b"6"));
+            }
+        }
+        woken.await;
+    }
+}
+
+/// A polling session's heartbeat, until it closes or upgrades.
+pub(super) async fn heartbeat<H: Handler>(h: Arc<H>, session: Arc<Session<H::Data>>) {
+    let settings = h.engine().settings.clone();
+    let mut next = Instant::now() + settings.ping_interval;
+    loop {
+        let closed = session.closed.notified();
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = closed => {}
+        }
+        let (upgraded, closing, unpolled) = {
+            let st = session.state();
+            let unpolled = !st.polling && matches!(st.closing, Some(Closing::Flush(_))) && !st.queue.is_empty();
+            (matches!(st.transport, Transport::WebSocket(_)), st.closing, unpolled)
+        };
+        if upgraded {
+            return;
+        }
+        if let Some(closing) = closing {
+            // A flushing close gives the client's next poll a chance to take the queue.
+            if unpolled {
+                tokio::time::sleep(settings.ping_timeout).await;
+            }
+            finish(&h, &session, closing.reason());
+            return;
+        }
+        match session.heartbeat(&settings) {
+            Ok(at) => next = at,
+            Err(reason) => {
+                finish(&h, &session, reason);
+                return;
+            }
+        }
+    }
+}

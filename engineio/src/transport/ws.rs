@@ -1,0 +1,441 @@
+//! WebSocket sessions over the connection's own TCP stream: a new session, or the upgrade of
+//! a polling one (`2probe`, `3probe`, `5`). A WebSocket session is one task that reads the
+//! client's frames, keeps the heartbeat and writes what could not be written at once; the
+//! queued frames go out together, one `writev` per batch.
+
+use super::{EngineQuery, handshake_token, refuse};
+use crate::close::{CloseReason, Closing};
+use crate::engine::{Handler, finish};
+use crate::frame;
+use crate::net::ConnInfo;
+use crate::packet::{self, EnginePacket};
+use crate::session::{Session, Transport};
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+
+/// How long an upgrade may take from the probe to the `5` packet.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing WebSocket may take to write what is queued before it.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// Queued frames written by one system call.
+const FLUSH_BATCH: usize = 64;
+/// Bytes read from a socket per system call.
+const READ_CHUNK: usize = 4096;
+
+/// Answers a WebSocket upgrade request: a new session, or the upgrade of a polling one.
+pub(super) fn upgrade<H: Handler>(
+    h: Arc<H>,
+    info: ConnInfo,
+    q: &EngineQuery,
+    sid: Option<&str>,
+    mut request: Request,
+) -> Response {
+    let headers = request.headers();
+    let is_upgrade = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) == Some(b"13");
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade) else {
+        return refuse(3, "Bad request");
+    };
+    let accept = frame::accept_key(key.as_bytes());
+    let probed = match sid {
+        None => None,
+        Some(sid) => match h.engine().get(sid) {
+            Some(s) if !s.is_websocket() && !s.state().upgrading => Some(s),
+            Some(_) => return refuse(3, "Bad request"),
+            None => return refuse(1, "Session ID unknown"),
+        },
+    };
+    let token = handshake_token(q, headers);
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(3, "Bad request");
+    };
+    let tcp = info.stream.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let mut reader = frame::Reader::default();
+        let session = match probed {
+            Some(session) => {
+                if !probe(&h, &session, &tcp, upgraded, &mut reader).await {
+                    return;
+                }
+                session
+            }
+            None => {
+                let session = h.engine().open(token, Transport::WebSocket(tcp.clone()));
+                session.send(h.engine().open_packet(&session.sid, &[]));
+                if let Err(reason) = read_buffered(&h, &session, &tcp, upgraded, &mut reader) {
+                    finish(&h, &session, reason);
+                    shutdown(&tcp);
+                    return;
+                }
+                session
+            }
+        };
+        run_websocket(&h, &session, &tcp, reader).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| refuse(3, "Bad request"))
+}
+
+/// Reads what hyper had already read past the upgrade request, then lets the connection go:
+/// from here on the session reads and writes the TCP stream itself.
+fn read_buffered<H: Handler>(
+    h: &Arc<H>,
+    session: &Arc<Session<H::Data>>,
+    tcp: &TcpStream,
+    upgraded: hyper::upgrade::Upgraded,
+    reader: &mut frame::Reader,
+) -> Result<(), CloseReason> {
+    drain_upgraded(upgraded, |data| frames(h, session, tcp, reader, data))
+}
+
+/// Hands `on` every byte the upgraded connection has without waiting.
+fn drain_upgraded(
+    upgraded: hyper::upgrade::Upgraded,
+    mut on: impl FnMut(&mut [u8]) -> Result<(), CloseReason>,
+) -> Result<(), CloseReason> {
+    let mut upgraded = hyper_util::rt::TokioIo::new(upgraded);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    loop {
+        let mut buf = [0u8; READ_CHUNK];
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut upgraded).poll_read(&mut cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => return Err(CloseReason::TransportClose),
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                on(&mut buf[..n])?;
+            }
+            Poll::Ready(Err(_)) => return Err(CloseReason::TransportError),
+            Poll::Pending => return Ok(()),
+        }
+    }
+}
+
+/// Handles one client message or control frame of a WebSocket session.
+fn incoming<H: Handler>(
+    h: &Arc<H>,
+    session: &Arc<Session<H::Data>>,
+    tcp: &TcpStream,
+    m: frame::Incoming<'_>,
+) -> Result<(), CloseReason> {
+    match m {
+        frame::Incoming::Text(t) => match packet::parse(t) {
+            Ok(EnginePacket::Message(text)) => h.on_message(session, text),
+            Ok(EnginePacket::Pong(_)) => session.on_pong(&h.engine().settings),
+            Ok(EnginePacket::Close) => return Err(CloseReason::ClientClose),
+            Ok(EnginePacket::Ping(_) | EnginePacket::Upgrade | EnginePacket::Noop) => {}
+            Err(e) => tracing::debug!(sid = %session.sid, error = %e, "bad packet ignored"),
+        },
+        frame::Incoming::Binary(b) => h.on_binary(session, b),
+        frame::Incoming::Ping(p) => write_control(session, tcp, &frame::frame(frame::OP_PONG, p)),
+        frame::Incoming::Pong => {}
+        frame::Incoming::Close => return Err(CloseReason::TransportClose),
+    }
+    Ok(())
+}
+
+/// The outcome of a read error, after telling the client why with a close frame.
+fn refused<D>(session: &Session<D>, tcp: &TcpStream, e: frame::WsError) -> CloseReason {
+    tracing::debug!(sid = %session.sid, error = %e, "closing a websocket");
+    write_control(session, tcp, &frame::close_frame(e.close_code()));
+    match e {
+        frame::WsError::TooBig => CloseReason::TooBig,
+        _ => CloseReason::TransportError,
+    }
+}
+
+/// Handles the client frames in `data`.
+fn frames<H: Handler>(
+    h: &Arc<H>,
+    session: &Arc<Session<H::Data>>,
+    tcp: &TcpStream,
+    reader: &mut frame::Reader,
+    data: &mut [u8],
+) -> Result<(), CloseReason> {
+    let mut outcome = Ok(());
+    let fed = reader.feed(data, h.engine().settings.max_payload, &mut |m| {
+        if outcome.is_ok() {
+            outcome = incoming(h, session, tcp, m);
+        }
+    });
+    fed.map_err(|e| refused(session, tcp, e))?;
+    outcome
+}
+
+/// Writes a control frame, best effort: only between two data frames (never inside a
+/// partly written one), and dropped when the socket would block.
+fn write_control<D>(session: &Session<D>, tcp: &TcpStream, bytes: &[u8]) {
+    let st = session.state();
+    if st.queue.is_empty() {
+        let _ = tcp.try_write(bytes);
+    }
+}
+
+fn shutdown(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
+}
+
+/// Reads every byte available now; `Err` when the session must end.
+fn read_now<H: Handler>(
+    h: &Arc<H>,
+    session: &Arc<Session<H::Data>>,
+    tcp: &TcpStream,
+    reader: &mut frame::Reader,
+) -> Result<(), CloseReason> {
+    loop {
+        let mut buf = [0u8; READ_CHUNK];
+        match tcp.try_read(&mut buf) {
+            Ok(0) => return Err(CloseReason::TransportClose),
+            Ok(n) => frames(h, session, tcp, reader, &mut buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(CloseReason::TransportError),
+        }
+    }
+}
+
+/// What a flush left.
+enum Flushed {
+    /// Nothing queued.
+    Empty,
+    /// The socket's send buffer is full.
+    Blocked,
+}
+
+/// Writes queued packets until the queue is empty or the socket would block.
+fn flush<D>(session: &Session<D>, tcp: &TcpStream) -> Result<Flushed, CloseReason> {
+    let mut st = session.state();
+    loop {
+        if st.queue.is_empty() {
+            return Ok(Flushed::Empty);
+        }
+        // What waited goes out together: one writev for up to FLUSH_BATCH frames, so a
+        // consumer that fell behind costs fewer system calls per frame, not more.
+        let written = st.written;
+        let mut slices = [io::IoSlice::new(&[]); FLUSH_BATCH];
+        let mut count = 0;
+        for (slot, packet) in slices.iter_mut().zip(st.queue.iter()) {
+            let frame = packet.frame();
+            *slot = io::IoSlice::new(if count == 0 { &frame[written..] } else { frame });
+            count += 1;
+        }
+        match tcp.try_write_vectored(&slices[..count]) {
+            Ok(0) => return Err(CloseReason::TransportError),
+            Ok(mut n) => {
+                n += written;
+                st.written = 0;
+                while let Some(front) = st.queue.front() {
+                    let len = front.frame().len();
+                    if n < len {
+                        st.written = n;
+                        break;
+                    }
+                    n -= len;
+                    st.queue.pop_front();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(CloseReason::TransportError),
+        }
+    }
+}
+
+/// A WebSocket session's one task: reads, heartbeat, and writes that had to wait.
+async fn run_websocket<H: Handler>(
+    h: &Arc<H>,
+    session: &Arc<Session<H::Data>>,
+    tcp: &Arc<TcpStream>,
+    mut reader: frame::Reader,
+) {
+    let settings = h.engine().settings.clone();
+    let sleep = tokio::time::sleep_until(session.state().heartbeat.next);
+    tokio::pin!(sleep);
+    let reason = loop {
+        let closing = session.state().closing;
+        if let Some(closing) = closing {
+            if let Closing::Flush(_) = closing {
+                let _ = tokio::time::timeout(FLUSH_ON_CLOSE, async {
+                    while let Ok(Flushed::Blocked) = flush(session, tcp) {
+                        if tcp.writable().await.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                write_control(session, tcp, &frame::close_frame(1000));
+            }
+            break closing.reason();
+        }
+        let blocked = match flush(session, tcp) {
+            Ok(Flushed::Empty) => false,
+            Ok(Flushed::Blocked) => true,
+            Err(reason) => break reason,
+        };
+        tokio::select! {
+            ready = tcp.readable() => {
+                if ready.is_err() {
+                    break CloseReason::TransportError;
+                }
+                if let Err(reason) = read_now(h, session, tcp, &mut reader) {
+                    break reason;
+                }
+            }
+            () = session.wake.notified() => {}
+            ready = tcp.writable(), if blocked => {
+                if ready.is_err() {
+                    break CloseReason::TransportError;
+                }
+            }
+            () = &mut sleep => match session.heartbeat(&settings) {
+                Ok(next) => sleep.as_mut().reset(next),
+                Err(reason) => break reason,
+            },
+        }
+    };
+    shutdown(tcp);
+    finish(h, session, reason);
+}
+
+/// How far an upgrade got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Waiting,
+    Probed,
+    Upgraded,
+    Failed,
+}
+
+/// Reads frames during an upgrade: the probe, then the upgrade packet, which moves the
+/// session onto this WebSocket; frames after it (in the same read) are the session's.
+fn probe_frames<H: Handler>(
+    h: &Arc<H>,
+    session: &Arc<Session<H::Data>>,
+    tcp: &Arc<TcpStream>,
+    reader: &mut frame::Reader,
+    data: &mut [u8],
+    step: &mut Step,
+) -> Result<(), CloseReason> {
+    let mut outcome = Ok(());
+    let fed = reader.feed(data, h.engine().settings.max_payload, &mut |m| match (*step, m) {
+        (Step::Upgraded, m) => {
+            if outcome.is_ok() {
+                outcome = incoming(h, session, tcp, m);
+            }
+        }
+        (Step::Failed, _) => {}
+        (_, frame::Incoming::Text("2probe")) => {
+            let _ = tcp.try_write(&frame::frame(frame::OP_TEXT, b"3probe"));
+            session.state().upgrading = true;
+            // The pending poll returns (`6`), so the client can pause polling.
+            session.wake.notify_one();
+            *step = Step::Probed;
+        }
+        (Step::Probed, frame::Incoming::Text("5")) => {
+            {
+                let mut st = session.state();
+                st.transport = Transport::WebSocket(tcp.clone());
+                st.upgrading = false;
+                st.written = 0;
+            }
+            // The polling heartbeat task sees the switch and stops; this task takes over.
+            session.closed.notify_one();
+            tracing::debug!(sid = %session.sid, "upgraded to websocket");
+            *step = Step::Upgraded;
+        }
+        (_, frame::Incoming::Ping(p)) => {
+            let _ = tcp.try_write(&frame::frame(frame::OP_PONG, p));
+        }
+        (_, frame::Incoming::Pong) => {}
+        (_, _) => *step = Step::Failed,
+    });
+    if let Err(e) = fed {
+        if *step == Step::Upgraded {
+            return Err(refused(session, tcp, e));
+        }
+        *step = Step::Failed;
+    }
+    outcome
+}
+
+/// The upgrade of a polling session: answers the client's `2probe` on the new WebSocket,
+/// makes the pending poll return, and on `5` moves the session onto the WebSocket. `false`
+/// when the session did not move (the client gave up and carries on polling, or the session
+/// ended: then it is finished here).
+async fn probe<H: Handler>(
+    h: &Arc<H>,
+    session: &Arc<Session<H::Data>>,
+    tcp: &Arc<TcpStream>,
+    upgraded: hyper::upgrade::Upgraded,
+    reader: &mut frame::Reader,
+) -> bool {
+    let mut step = Step::Waiting;
+    let mut outcome = drain_upgraded(upgraded, |data| probe_frames(h, session, tcp, reader, data, &mut step));
+    if outcome.is_ok() {
+        outcome = tokio::time::timeout(UPGRADE_TIMEOUT, async {
+            while matches!(step, Step::Waiting | Step::Probed) {
+                tcp.readable().await.map_err(|_| CloseReason::TransportError)?;
+                read_probe(h, session, tcp, reader, &mut step)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or(Err(CloseReason::TransportError));
+    }
+    match (step, outcome) {
+        (Step::Upgraded, Ok(())) => true,
+        (Step::Upgraded, Err(reason)) => {
+            shutdown(tcp);
+            finish(h, session, reason);
+            false
+        }
+        _ => {
+            session.state().upgrading = false;
+            shutdown(tcp);
+            false
+        }
+    }
+}
+
+/// One read during an upgrade.
+fn read_probe<H: Handler>(
+    h: &Arc<H>,
+    session: &Arc<Session<H::Data>>,
+    tcp: &Arc<TcpStream>,
+    reader: &mut frame::Reader,
+    step: &mut Step,
+) -> Result<(), CloseReason> {
+    let mut buf = [0u8; READ_CHUNK];
+    match tcp.try_read(&mut buf) {
+        Ok(0) => Err(CloseReason::TransportClose),
+        Ok(n) => probe_frames(h, session, tcp, reader, &mut buf[..n], step),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(_) => Err(CloseReason::TransportError),
+    }
+}
