@@ -3,12 +3,12 @@
 use crate::bus::{Bus, Inlet, LocalSink, MemoryBus, RedisBus};
 use crate::config::Config;
 use crate::domain::{Backends, Domain, Rules};
-use crate::http::{self, AppState, Readiness};
+use crate::http::{self, AppState, Readiness, ReadinessCheck};
 use crate::phoenix::PhoenixAdapter;
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::redis::Redis;
 use crate::socketio::SocketIoAdapter;
-use crate::store::{Guarded, MessageStore, MongoStore, SqlStore};
+use crate::store::{ConversationStore, Guarded, MessageStore, MongoStore, SqlStore};
 use engineio::net::{ClosableListener, ConnInfo};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,7 +127,7 @@ impl Node {
             jwt,
             api_key: config.auth.api_key.clone(),
             loopback_trusted: config.auth.loopback_trusted,
-            readiness: Readiness::new(redis.clone(), store.clone(), messages),
+            readiness: Readiness::new(readiness_checks(redis.clone(), store.clone(), messages)),
         });
         let max_body = usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX);
         let router = http::router(
@@ -234,6 +234,49 @@ pub async fn serve(
 /// How long background tasks (heartbeat, offline graces, typing timers) get to finish once
 /// the node is told to stop.
 const TASKS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What `/ready` requires: Redis in cluster mode, then the stores (one database, or SQL and
+/// MongoDB), each answering within [`READY_TIMEOUT`].
+fn readiness_checks(
+    redis: Option<Redis>,
+    conversations: Arc<dyn ConversationStore>,
+    messages: Arc<dyn MessageStore>,
+) -> Vec<Box<dyn ReadinessCheck>> {
+    let mut checks: Vec<Box<dyn ReadinessCheck>> = Vec::new();
+    if let Some(redis) = redis {
+        checks.push(Box::new(RedisCheck(redis)));
+    }
+    checks.push(Box::new(StoreCheck { conversations, messages }));
+    checks
+}
+
+/// How long a store may take to answer a readiness ping.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+struct RedisCheck(Redis);
+
+#[async_trait::async_trait]
+impl ReadinessCheck for RedisCheck {
+    async fn check(&self) -> Result<(), &'static str> {
+        if self.0.reachable().await { Ok(()) } else { Err("redis unreachable") }
+    }
+}
+
+struct StoreCheck {
+    conversations: Arc<dyn ConversationStore>,
+    messages: Arc<dyn MessageStore>,
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for StoreCheck {
+    async fn check(&self) -> Result<(), &'static str> {
+        let pings = async { (self.conversations.ping().await, self.messages.ping().await) };
+        match tokio::time::timeout(READY_TIMEOUT, pings).await {
+            Ok((Ok(()), Ok(()))) => Ok(()),
+            _ => Err("database unreachable"),
+        }
+    }
+}
 
 /// How long a drain spreads the closing of client transports: a few seconds, well inside
 /// the shutdown grace.

@@ -12,8 +12,6 @@ use crate::auth::{Identity, JwtSettings};
 use crate::config::CorsOrigins;
 use crate::domain::{Domain, DomainError, HistoryRequest, MAX_USERS_PAGE, NotificationRequest};
 use crate::metrics::METRICS;
-use crate::redis::Redis;
-use crate::store::{ConversationStore, MessageStore};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -41,27 +39,25 @@ const RESERVED_EVENTS: &[&str] = &[
     "removeListener",
 ];
 
+/// One dependency `/ready` asks about; the server, which owns the connections, provides them.
+#[async_trait::async_trait]
+pub trait ReadinessCheck: Send + Sync {
+    /// `Err` with a short reason when the dependency does not answer.
+    async fn check(&self) -> Result<(), &'static str>;
+}
+
 /// Whether the node takes new work.
 pub struct Readiness {
     draining: AtomicBool,
-    redis: Option<Redis>,
-    conversations: Arc<dyn ConversationStore>,
-    messages: Arc<dyn MessageStore>,
+    checks: Vec<Box<dyn ReadinessCheck>>,
 }
 
 impl Readiness {
-    /// Readiness that requires the stores (one database, or SQL and MongoDB), and `redis` in
-    /// cluster mode, to answer.
-    pub fn new(
-        redis: Option<Redis>,
-        conversations: Arc<dyn ConversationStore>,
-        messages: Arc<dyn MessageStore>,
-    ) -> Self {
+    /// Readiness that requires every check to pass (the stores, and Redis in cluster mode).
+    pub fn new(checks: Vec<Box<dyn ReadinessCheck>>) -> Self {
         Self {
             draining: AtomicBool::new(false),
-            redis,
-            conversations,
-            messages,
+            checks,
         }
     }
 
@@ -75,19 +71,15 @@ impl Readiness {
     }
 
     async fn reason(&self) -> Option<&'static str> {
-        if self.draining.load(Ordering::SeqCst) {
+        if self.is_draining() {
             return Some("draining");
         }
-        if let Some(redis) = &self.redis
-            && !redis.reachable().await
-        {
-            return Some("redis unreachable");
+        for check in &self.checks {
+            if let Err(reason) = check.check().await {
+                return Some(reason);
+            }
         }
-        let pings = async { (self.conversations.ping().await, self.messages.ping().await) };
-        match tokio::time::timeout(std::time::Duration::from_secs(2), pings).await {
-            Ok((Ok(()), Ok(()))) => None,
-            _ => Some("database unreachable"),
-        }
+        None
     }
 }
 
