@@ -30,6 +30,8 @@ pub struct Metrics {
     pub bus_dropped: IntCounter,
     /// Times the bus subscribed again to its topics after Redis came back.
     pub bus_resubscribes: IntCounter,
+    /// Messages read from the store after the bus resumed (published while it was cut off).
+    pub bus_recovered: IntCounter,
     /// Connections of dead nodes removed by this node's reaper.
     pub presence_reaped: IntCounter,
     /// Batches of message appends stored by the SQL store (one statement or transaction each).
@@ -122,6 +124,11 @@ impl Metrics {
                 &registry,
                 "bus_resubscribes_total",
                 "Resubscriptions after Redis reconnected",
+            ),
+            bus_recovered: counter(
+                &registry,
+                "bus_recovered_total",
+                "Messages read from the store after the bus resumed, published while it was cut off",
             ),
             presence_reaped: counter(
                 &registry,

@@ -44,6 +44,9 @@ pub trait Bus: Send + Sync + 'static {
 pub trait LocalSink: Send + Sync + 'static {
     /// Hands one event to the node (the domain, which delivers it to local connections).
     async fn deliver(&self, delivery: Arc<Delivery>);
+    /// The bus was cut off and is receiving again: what was published meanwhile is lost to
+    /// this node, and the record (the store) must fill it in.
+    async fn resumed(&self) {}
 }
 
 /// The node's receiving end, given to the bus before the domain that listens on it exists;
@@ -65,6 +68,12 @@ impl LocalSink for Inlet {
     async fn deliver(&self, delivery: Arc<Delivery>) {
         if let Some(sink) = self.sink.get().and_then(Weak::upgrade) {
             sink.deliver(delivery).await;
+        }
+    }
+
+    async fn resumed(&self) {
+        if let Some(sink) = self.sink.get().and_then(Weak::upgrade) {
+            sink.resumed().await;
         }
     }
 }

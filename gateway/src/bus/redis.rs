@@ -128,6 +128,7 @@ async fn resubscribe_on_reconnect(bus: Arc<RedisBus>, shutdown: CancellationToke
             Ok(()) => {
                 METRICS.bus_resubscribes.inc();
                 tracing::info!(channels = n, "resubscribed after reconnect");
+                bus.sink.resumed().await;
             }
             Err(e) => tracing::warn!(error = %e, "resubscribe failed; retrying on next reconnect"),
         }

@@ -396,6 +396,18 @@ impl Hub {
         lock(&entry).order.gap_after()
     }
 
+    /// Conversations with a local member, and the last seq released in each (`None`: none yet).
+    pub fn conversations(&self) -> Vec<(ConversationId, Option<i64>)> {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        topics
+            .iter()
+            .filter_map(|(topic, entry)| match topic {
+                Topic::Conversation(c) => Some((c.clone(), lock(entry).order.last())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Fills a conversation's gap with what the store has (see [`SeqOrder::fill`]).
     pub fn fill_gap(&self, conversation: &ConversationId, found: Vec<Message>, last_try: bool) -> Delivered {
         let topic = Topic::Conversation(conversation.clone());

@@ -56,6 +56,11 @@ pub fn seq_of(delivery: &Delivery) -> Option<i64> {
 }
 
 impl SeqOrder {
+    /// The highest seq released.
+    pub fn last(&self) -> Option<i64> {
+        self.last
+    }
+
     /// Whether no message was released or baseline set yet.
     pub fn unsettled(&self) -> bool {
         self.last.is_none()

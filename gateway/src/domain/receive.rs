@@ -49,6 +49,31 @@ impl LocalSink for Domain {
             }
         }
     }
+
+    /// Messages published while the bus was cut off never reach this node: each conversation
+    /// with a local member reads what was stored after the last seq it released, and releases
+    /// it in order (other events of the outage are lost: they are not recorded).
+    async fn resumed(&self) {
+        let conversations = self.hub.conversations();
+        tracing::info!(conversations = conversations.len(), "bus resumed: reading missed messages from the store");
+        for (conversation, last) in conversations {
+            let Some(after) = last else { continue };
+            let query = HistoryQuery {
+                before: None,
+                after: Some(after),
+                limit: crate::domain::messages::MAX_PAGE,
+            };
+            match self.messages.history(&conversation, query).await {
+                Ok(page) if !page.messages.is_empty() => {
+                    METRICS.bus_recovered.inc_by(page.messages.len() as u64);
+                    let delivered = self.hub.fill_gap(&conversation, page.messages, false);
+                    self.after_delivery(delivered);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%conversation, error = %e, "missed messages not read after the bus resumed"),
+            }
+        }
+    }
 }
 
 impl Domain {

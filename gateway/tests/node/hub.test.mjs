@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import { client, connect, emitAck, eventually, http, noEvent, once, sleep, startCluster, startRedis, token } from './harness.mjs';
+import { client, connect, emitAck, eventually, http, noEvent, once, redisCommand, sleep, startCluster, startRedis, token } from './harness.mjs';
 import { KEY, api, createConversation, freshDatabase, pipelined, psql } from './storage-helpers.mjs';
 
 // Senders here go as fast as acks come back: no rate limit in the way.
@@ -175,4 +175,20 @@ test('a member removed while their join is in flight stops hearing the conversat
     victim.close();
   }
   assert.deepEqual(kept, []);
+});
+
+test('a message published while a node is cut off from the bus reaches its sockets when the bus resumes', async (t) => {
+  const { a, b } = await cluster(t);
+  await createConversation(a, { id: 'blip', members: ['bl-sender', 'bl-reader'] });
+  const sender = await user(t, a, 'bl-sender');
+  const reader = await user(t, b, 'bl-reader');
+  assert.equal((await emitAck(reader, 'room:join', { roomId: 'blip' })).success, true);
+  const first = await emitAck(sender, 'message:send', { conversationId: 'blip', content: 'before' });
+  await once(reader, 'message:new', 5_000, (n) => n.message.seq === first.message.seq);
+  // Every node's subscriber connection drops; they reconnect within about half a second.
+  assert.match(await redisCommand(redis, 'CLIENT', 'KILL', 'TYPE', 'pubsub'), /^:\d+/);
+  const lost = await emitAck(sender, 'message:send', { conversationId: 'blip', content: 'during' });
+  assert.equal(lost.success, true, JSON.stringify(lost));
+  const got = await once(reader, 'message:new', 5_000, (n) => n.message.seq === lost.message.seq);
+  assert.equal(got.message.content, 'during');
 });
