@@ -246,7 +246,10 @@ fn readiness_checks(
     if let Some(redis) = redis {
         checks.push(Box::new(RedisCheck(redis)));
     }
-    checks.push(Box::new(StoreCheck { conversations, messages }));
+    checks.push(Box::new(StoreCheck {
+        conversations,
+        messages,
+    }));
     checks
 }
 
@@ -258,7 +261,11 @@ struct RedisCheck(Redis);
 #[async_trait::async_trait]
 impl ReadinessCheck for RedisCheck {
     async fn check(&self) -> Result<(), &'static str> {
-        if self.0.reachable().await { Ok(()) } else { Err("redis unreachable") }
+        if self.0.reachable().await {
+            Ok(())
+        } else {
+            Err("redis unreachable")
+        }
     }
 }
 

@@ -55,7 +55,10 @@ impl LocalSink for Domain {
     /// it in order (other events of the outage are lost: they are not recorded).
     async fn resumed(&self) {
         let conversations = self.hub.conversations();
-        tracing::info!(conversations = conversations.len(), "bus resumed: reading missed messages from the store");
+        tracing::info!(
+            conversations = conversations.len(),
+            "bus resumed: reading missed messages from the store"
+        );
         for (conversation, last) in conversations {
             let Some(after) = last else { continue };
             let query = HistoryQuery {
