@@ -327,3 +327,78 @@ impl Domain {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Bus, BusError, MemoryBus};
+    use crate::domain::tests::{attached, who};
+    use crate::domain::{Backends, Rules};
+    use crate::presence::{MemoryPresence, Presence};
+    use crate::store::SqlStore;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    /// A bus that refuses to publish while `down` is set.
+    struct Flaky {
+        inner: MemoryBus,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Bus for Flaky {
+        async fn publish(&self, delivery: Delivery) -> Result<(), BusError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(BusError::Unavailable("down".into()));
+            }
+            self.inner.publish(delivery).await
+        }
+        async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
+            self.inner.subscribe(topic).await
+        }
+        async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError> {
+            self.inner.unsubscribe(topic).await
+        }
+    }
+
+    /// Issue 11, finding 5: a connect refused after presence registered it (telling the
+    /// contacts failed) leaves the user neither online nor subscribed.
+    #[tokio::test]
+    async fn a_connect_refused_after_registration_leaves_no_trace() -> Result<(), Box<dyn std::error::Error>> {
+        let bus = Arc::new(Flaky {
+            inner: MemoryBus::new(Arc::new(crate::bus::Inlet::default())),
+            down: false.into(),
+        });
+        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new("n1".into()));
+        let store = Arc::new(SqlStore::connect("sqlite::memory:").await?);
+        store.migrate().await?;
+        let backends = Backends {
+            bus: bus.clone(),
+            presence: presence.clone(),
+            conversations: store.clone(),
+            messages: store,
+        };
+        let rules = Rules {
+            access: AccessMode::Claims,
+            offline_grace: std::time::Duration::from_secs(1),
+            max_message_bytes: 8192,
+        };
+        let domain = Domain::new(backends, rules, TaskTracker::new(), CancellationToken::new());
+        let bob = attached(&domain, "b1", "bob");
+        domain.connect(&bob, &who("bob")).await?;
+        bus.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let alice = attached(&domain, "a1", "alice");
+        assert!(domain.connect(&alice, &who("alice")).await.is_err());
+        assert_eq!(
+            presence.connections(&"alice".into()).await?,
+            0,
+            "a refused client is online"
+        );
+        assert!(
+            !domain.hub.has_members(&Topic::User("alice".into())),
+            "the node still receives the refused user's events"
+        );
+        assert_eq!(presence.connections(&"bob".into()).await?, 1);
+        Ok(())
+    }
+}

@@ -362,7 +362,7 @@ pub(super) async fn publish_roster(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::auth::ConversationClaim;
     use crate::bus::MemoryBus;
@@ -387,13 +387,13 @@ mod tests {
         fn removed(&self, _: &ConversationId) {}
     }
 
-    fn attached(domain: &Domain, id: &str, user: &str) -> Local {
+    pub(crate) fn attached(domain: &Domain, id: &str, user: &str) -> Local {
         let local = domain.local(ConnId(id.into()));
         domain.attach(&local, Arc::new(Quiet(user.into())));
         local
     }
 
-    fn who(user: &str) -> Identity {
+    pub(crate) fn who(user: &str) -> Identity {
         Identity {
             user_id: user.into(),
             admin: false,
