@@ -2,12 +2,12 @@
 //! file, merged once at start-up into typed structs (precedence flag > env > file > default).
 //! Nothing else in the gateway reads the environment.
 //!
-//! - [`cli`]: the command line and [`Options`], every option as an unvalidated string.
-//! - [`file`]: the `--config` file layered under flags and env.
-//! - [`settings`]: the typed, validated [`Config`] and its parts.
-//! - [`validate`]: [`Options`] → [`Config`], one error per flag.
-//! - [`jwt`]: JWT settings, reading the key files.
-//! - [`parse`]: the value grammars (sizes, durations, rates, profiles, origins).
+//! - `cli`: the command line and [`Options`], every option as an unvalidated string.
+//! - `file`: the `--config` file layered under flags and env.
+//! - `settings`: the typed, validated [`Config`] and its parts.
+//! - `validate`: [`Options`] → [`Config`], one error per flag.
+//! - `jwt`: JWT settings, reading the key files.
+//! - `parse`: the value grammars (sizes, durations, rates, profiles, origins).
 
 mod cli;
 mod file;
