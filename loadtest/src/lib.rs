@@ -1,24 +1,20 @@
-//! What the benchmark binaries share: CPU time read from /proc.
+//! The Switchboard benchmark drivers' library: the `fanout` driver's parts, and the /proc
+//! readings every driver (`fanout`, `sends`, `sendfloor`) shares.
+//!
+//! - [`args`]: the `fanout` command line.
+//! - [`run`]: the `fanout` phases: connect, join, then one measured step per rate.
+//! - `client`: one Socket.IO client over a raw WebSocket.
+//! - `publish`: the REST publisher.
+//! - `stats`: counters and histograms the clients share with the main task.
+//! - `report`: the JSON lines printed on stdout.
+//! - [`proc`]: RSS, CPU time and load of the nodes, Redis, the driver and the machine.
 
-/// utime + stime of a `/proc/…/stat` file (a process's, or `/proc/thread-self/stat`), in
-/// clock ticks.
-pub fn cpu_ticks(path: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The command name is in parentheses and may hold spaces: after it, field 3 (state) is
-    // index 0, so utime (14) and stime (15) are indices 11 and 12.
-    let (_, after) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
+pub mod args;
+mod client;
+pub mod proc;
+mod publish;
+mod report;
+pub mod run;
+mod stats;
 
-/// Clock ticks per second, from `getconf CLK_TCK` (100 on Linux).
-pub fn clock_ticks_per_s() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(100)
-}
+pub use proc::{clock_ticks_per_s, cpu_ticks};

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use loadtest::proc::{loadavg, machine_cpu};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -107,25 +108,12 @@ fn ticks_by_name(name: &str) -> std::collections::HashMap<String, u64> {
 
 /// (busy, total) ticks of the machine from /proc/stat's `cpu` line.
 fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .map(|l| l.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect())
-        .unwrap_or_default();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total.saturating_sub(idle), total)
+    let machine = machine_cpu();
+    (machine.busy, machine.total)
 }
 
 fn clock_ticks_per_s() -> f64 {
     loadtest::clock_ticks_per_s() as f64
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 struct CpuSample {

@@ -1,0 +1,136 @@
+//! The typed, validated configuration of a node.
+
+use crate::auth::JwtSettings;
+use crate::dev::DevCredentials;
+use shared::NodeId;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Who may join, read and send in a conversation (PROTOCOL.md 2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    /// Stored membership (needs the database).
+    Members,
+    /// The token's `conversations` claim: ids or glob patterns.
+    Claims,
+    /// Any authenticated user.
+    Open,
+}
+
+/// Allowed CORS origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// Same-origin only: no CORS headers.
+    None,
+    /// Any origin.
+    Any,
+    /// These origins.
+    List(Vec<String>),
+}
+
+/// A token bucket: `per_second` refill, `burst` capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+/// The vocabularies a Socket.IO namespace may speak (PROTOCOL.md 2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileName {
+    /// Seed 001.
+    Alt,
+    /// Seed 002.
+    Chat,
+    /// Seed 003.
+    Bam,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// JWT verification (and signing, when a secret or private key is known).
+    pub jwt: Option<JwtSettings>,
+    /// The server-to-server API key.
+    pub api_key: Option<String>,
+    /// Anonymous Socket.IO connections may `register` a user id.
+    pub allow_register: bool,
+    /// Loopback REST callers need no credentials (in --dev, or when no API key is set).
+    pub loopback_trusted: bool,
+}
+
+/// Socket.IO settings.
+#[derive(Debug, Clone)]
+pub struct SocketIoSettings {
+    /// Namespace path → vocabulary, in the order they were given.
+    pub namespaces: Vec<(String, ProfileName)>,
+    /// Largest inbound frame or polling body, in bytes.
+    pub max_payload: u64,
+    /// Packets buffered per connection.
+    pub max_outbound_queue: usize,
+    /// Inbound events per connection.
+    pub rate_limit: RateLimit,
+}
+
+/// Cluster mode.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL, with password if any.
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+}
+
+/// The whole, validated configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Cluster mode; `None` for a single node.
+    pub redis: Option<RedisSettings>,
+    /// The SQL database (`sqlite://…`, `sqlite::memory:`, `postgres://…`).
+    pub database_url: String,
+    /// MongoDB for messages, receipts and reactions; `None`: they live in the SQL database.
+    pub mongodb_url: Option<String>,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Access rule for conversations.
+    pub access: AccessMode,
+    /// CORS.
+    pub cors: CorsOrigins,
+    /// Socket.IO.
+    pub socketio: SocketIoSettings,
+    /// Largest message content, in bytes.
+    pub max_message_bytes: u64,
+    /// Presence entry lifetime without heartbeat.
+    pub presence_ttl: Duration,
+    /// Delay before announcing a user offline.
+    pub offline_grace: Duration,
+    /// Idle Phoenix sockets are closed after this.
+    pub phoenix_idle_timeout: Duration,
+    /// Longest SIGTERM drain.
+    pub shutdown_grace: Duration,
+    /// Runtime worker threads; `None`: one per CPU this process may use.
+    pub worker_threads: Option<usize>,
+    /// Development mode (prints a token and a curl line at start).
+    pub dev: Option<DevCredentials>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// `--listen` default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+pub(super) const DEFAULT_PROFILES: &str = "/=alt,/chat=chat";
