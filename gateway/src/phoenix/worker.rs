@@ -64,7 +64,7 @@ const ABSENT: &[Verb] = &[
 ];
 
 /// The verb of `event` in `table`.
-fn verb(table: &[(&str, Verb)], event: &str) -> Result<Verb, DomainError> {
+fn lookup(table: &[(&str, Verb)], event: &str) -> Result<Verb, DomainError> {
     table
         .iter()
         .find(|(name, _)| *name == event)
@@ -360,7 +360,7 @@ impl Worker {
     }
 
     async fn user_event(&mut self, event: &str, payload: &Value) -> Result<Value, DomainError> {
-        let verb = verb(USER_EVENTS, event)?;
+        let verb = lookup(USER_EVENTS, event)?;
         // A bare status (`"away"`) is accepted, which renaming the keys of an object would lose.
         let request = match verb {
             Verb::Status => payload.clone(),
@@ -377,7 +377,7 @@ impl Worker {
         conversation: &ConversationId,
         payload: &Value,
     ) -> Result<Value, DomainError> {
-        let verb = verb(CONVERSATION_EVENTS, event)?;
+        let verb = lookup(CONVERSATION_EVENTS, event)?;
         let command = match verb {
             // Typing reads nothing but the topic, whose id is taken as it is (as the join
             // took it), not trimmed as a payload's id is.
