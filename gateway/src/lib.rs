@@ -5,6 +5,8 @@
 //! - [`auth`]: user JWTs verified into an identity; tokens signed for `switchboard token`.
 //! - [`http`]: the REST API, health and readiness, mounted with the Socket.IO endpoint.
 //! - [`inbound`]: client payload shapes read into domain requests, shared by the adapters.
+//! - [`commands`]: the one command surface of both protocols — verbs, typed commands read from
+//!   payloads, and `execute`, whose outcome each adapter renders.
 //! - [`socketio`]: the Socket.IO adapter — Socket.IO packets over the `engineio` crate's
 //!   sessions (WebSocket and polling), inbound events to domain commands, domain events to
 //!   each namespace's vocabulary. No business rule lives here.
@@ -22,6 +24,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod commands;
 pub mod config;
 pub mod dev;
 pub mod domain;

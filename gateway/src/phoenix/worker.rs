@@ -6,15 +6,15 @@ use super::channels::{Channels, Route, TopicKind};
 use super::render::{self, PhxMessage};
 use super::{PhoenixAdapter, SocketHandle, conversation_topic};
 use crate::auth::Identity;
+use crate::commands::{Caller, Command, Outcome, Verb, execute};
 use crate::domain::{DomainError, Live};
 use crate::inbound;
 use crate::metrics::METRICS;
 use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use shared::event::ReceiptStatus;
 use shared::phoenix::{self as codec, Frame};
-use shared::{ConversationId, Status, UserId};
+use shared::{ConversationId, UserId};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -27,6 +27,49 @@ pub enum Input {
     Frame(Frame, bool),
     /// The socket's user was removed from the conversation.
     Removed(ConversationId),
+}
+
+/// Events of a `user:{id}` channel and what each asks (seed 004).
+const USER_EVENTS: &[(&str, Verb)] = &[
+    ("ping", Verb::Ping),
+    ("update_presence", Verb::Status),
+    ("mark_all_read", Verb::ReadAll),
+];
+
+/// Events of a `conversation:{id}` channel and what each asks: the topic names the
+/// conversation.
+const CONVERSATION_EVENTS: &[(&str, Verb)] = &[
+    ("send_message", Verb::Send),
+    ("typing_start", Verb::TypingStart),
+    ("typing_stop", Verb::TypingStop),
+    ("mark_as_read", Verb::Read),
+    ("add_reaction", Verb::ReactionAdd),
+    ("remove_reaction", Verb::ReactionRemove),
+];
+
+/// Verbs no channel event offers, and why.
+#[cfg(test)]
+const ABSENT: &[Verb] = &[
+    // `phx_join` and `phx_leave` of a conversation topic, routed by [`Channels`].
+    Verb::Join,
+    Verb::Leave,
+    // Seed 004 has typing_start and typing_stop only.
+    Verb::Typing,
+    // Phoenix.Presence (`presence_state`, `presence_diff`) tells who is online.
+    Verb::OnlineUsers,
+    // Seed 004 has read receipts only.
+    Verb::Delivered,
+    // History is paged over REST.
+    Verb::History,
+];
+
+/// The verb of `event` in `table`.
+fn lookup(table: &[(&str, Verb)], event: &str) -> Result<Verb, DomainError> {
+    table
+        .iter()
+        .find(|(name, _)| *name == event)
+        .map(|(_, verb)| *verb)
+        .ok_or_else(|| DomainError::BadRequest(format!("unknown event '{event}'")))
 }
 
 /// Seed 004's payload keys and the names [`inbound`] reads.
@@ -225,32 +268,13 @@ impl Worker {
                 serde_json::json!({})
             }
             TopicKind::Conversation(conversation) => {
-                let last_seq = inbound::last_seq(&translate(payload, None))?;
-                let domain = &self.adapter.domain;
-                let joined = domain
-                    .join(&self.handle.local, &self.who, conversation, last_seq)
-                    .await?;
-                self.live = Some(joined.live);
-                let (missed, has_more) = match joined.missed {
-                    Some(page) => (
-                        Some(
-                            page.messages
-                                .iter()
-                                .map(|m| serde_json::to_value(PhxMessage::from(m)))
-                                .collect::<Result<Vec<_>, _>>()
-                                .map_err(|_| DomainError::Internal)?,
-                        ),
-                        Some(page.has_more),
-                    ),
-                    None => (None, None),
+                // The topic's conversation as it is, as the channel is filed under it.
+                let command = Command::Join {
+                    conversation: conversation.clone(),
+                    last_seq: inbound::last_seq(&translate(payload, None))?,
                 };
-                serde_json::to_value(JoinReply {
-                    conversation_id: conversation.clone(),
-                    online_users: joined.online_users,
-                    missed,
-                    has_more,
-                })
-                .map_err(|_| DomainError::Internal)?
+                let outcome = execute(&self.adapter.domain, self.caller(), command).await?;
+                self.render(outcome)?
             }
         };
         let join_ref = frame.join_ref.as_deref().unwrap_or_default();
@@ -328,53 +352,79 @@ impl Worker {
         ));
     }
 
-    async fn user_event(&self, event: &str, payload: &Value) -> Result<Value, DomainError> {
-        let domain = &self.adapter.domain;
-        match event {
-            "ping" => Ok(serde_json::json!({ "pong": true })),
-            "update_presence" => {
-                let status: Status = domain.set_status(&self.who, inbound::status(payload)?).await?;
-                Ok(serde_json::json!({ "status": status }))
-            }
-            "mark_all_read" => {
-                let conversations = inbound::conversations(&translate(payload, None))?;
-                domain.mark_all_read(&self.who, &conversations).await?;
-                Ok(serde_json::json!({}))
-            }
-            other => Err(DomainError::BadRequest(format!("unknown event '{other}'"))),
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            local: &self.handle.local,
+            who: &self.who,
         }
     }
 
+    async fn user_event(&mut self, event: &str, payload: &Value) -> Result<Value, DomainError> {
+        let verb = lookup(USER_EVENTS, event)?;
+        // A bare status (`"away"`) is accepted, which renaming the keys of an object would lose.
+        let request = match verb {
+            Verb::Status => payload.clone(),
+            _ => translate(payload, None),
+        };
+        let command = Command::parse(verb, &request)?;
+        let outcome = execute(&self.adapter.domain, self.caller(), command).await?;
+        self.render(outcome)
+    }
+
     async fn conversation_event(
-        &self,
+        &mut self,
         event: &str,
         conversation: &ConversationId,
         payload: &Value,
     ) -> Result<Value, DomainError> {
-        let domain = &self.adapter.domain;
-        let who = &self.who;
-        let request = translate(payload, Some(conversation));
-        match event {
-            "send_message" => {
-                let sent = domain.send(who, inbound::send(&request)?).await?;
-                serde_json::to_value(PhxMessage::from(&sent.message)).map_err(|_| DomainError::Internal)
+        let verb = lookup(CONVERSATION_EVENTS, event)?;
+        let command = match verb {
+            // Typing reads nothing but the topic, whose id is taken as it is (as the join
+            // took it), not trimmed as a payload's id is.
+            Verb::TypingStart | Verb::TypingStop => Command::Typing {
+                conversation: conversation.clone(),
+                is_typing: verb == Verb::TypingStart,
+            },
+            _ => Command::parse(verb, &translate(payload, Some(conversation)))?,
+        };
+        let outcome = execute(&self.adapter.domain, self.caller(), command).await?;
+        self.render(outcome)
+    }
+
+    /// A command's outcome as the `ok` reply's response; a join's hold on live events is kept
+    /// until the reply is written.
+    fn render(&mut self, outcome: Outcome) -> Result<Value, DomainError> {
+        let value = match outcome {
+            Outcome::Joined { conversation, joined } => {
+                self.live = Some(joined.live);
+                let (missed, has_more) = match joined.missed {
+                    Some(page) => (
+                        Some(
+                            page.messages
+                                .iter()
+                                .map(|m| serde_json::to_value(PhxMessage::from(m)))
+                                .collect::<Result<Vec<_>, _>>()
+                                .map_err(|_| DomainError::Internal)?,
+                        ),
+                        Some(page.has_more),
+                    ),
+                    None => (None, None),
+                };
+                serde_json::to_value(JoinReply {
+                    conversation_id: conversation,
+                    online_users: joined.online_users,
+                    missed,
+                    has_more,
+                })
             }
-            "typing_start" | "typing_stop" => {
-                domain.typing(who, conversation, event == "typing_start").await?;
-                Ok(serde_json::json!({}))
-            }
-            "mark_as_read" => {
-                let id = inbound::message_id(&request)?;
-                domain.receipt(who, &id, ReceiptStatus::Read).await?;
-                Ok(serde_json::json!({}))
-            }
-            "add_reaction" | "remove_reaction" => {
-                let (id, reaction) = inbound::reaction(&request)?;
-                domain.react(who, &id, &reaction, event == "add_reaction").await?;
-                Ok(serde_json::json!({}))
-            }
-            other => Err(DomainError::BadRequest(format!("unknown event '{other}'"))),
-        }
+            Outcome::Sent(sent) => serde_json::to_value(PhxMessage::from(&sent.message)),
+            Outcome::Status(status) => Ok(serde_json::json!({ "status": status })),
+            Outcome::Pong => Ok(serde_json::json!({ "pong": true })),
+            Outcome::Done => Ok(serde_json::json!({})),
+            // Not offered by any channel event (see `ABSENT`).
+            Outcome::Left(_) | Outcome::Online(_) | Outcome::History(_) => return Err(DomainError::Internal),
+        };
+        value.map_err(|_| DomainError::Internal)
     }
 }
 
@@ -400,5 +450,16 @@ mod tests {
         assert_eq!(read, vec![ConversationId::from("a"), ConversationId::from("2")]);
         assert!(inbound::send(&translate(&json!({"content": 5}), Some(&conversation))).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn every_verb_has_a_channel_event_or_is_listed_absent() {
+        let table: Vec<(&str, Verb)> = USER_EVENTS.iter().chain(CONVERSATION_EVENTS).copied().collect();
+        let seed_004 = json!({
+            "conversation_id": "c1", "last_seq": 3, "status": "away", "content": "hi",
+            "message_type": "text", "message_id": "m1", "reaction": "+1",
+        });
+        let payload = translate(&seed_004, Some(&ConversationId::from("c1")));
+        crate::commands::check_table("phoenix", &table, ABSENT, &payload);
     }
 }

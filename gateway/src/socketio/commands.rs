@@ -1,60 +1,58 @@
-//! Socket.IO inbound events: the name table, and each command run through the domain.
+//! Socket.IO inbound events: the name table, and each command's outcome rendered as the ack.
 
 use super::{SioSocket, SocketIoAdapter};
 use crate::auth::Identity;
+use crate::commands::{Caller, Command, Outcome, Verb, execute};
 use crate::domain::{DomainError, Live};
 use crate::inbound;
 use serde::Serialize;
 use serde_json::Value;
-use shared::event::{Message, ReceiptStatus};
+use shared::event::Message;
 use shared::{ConversationId, Status, UserId};
 use std::sync::Arc;
 
-/// Inbound events and the command each one is (PROTOCOL.md 2.2), aliases included.
-pub(super) const INBOUND: &[(&str, Command)] = &[
-    ("register", Command::Register),
-    ("room:join", Command::Join),
-    ("conversation:join", Command::Join),
-    ("join-bam", Command::Join),
-    ("room:leave", Command::Leave),
-    ("conversation:leave", Command::Leave),
-    ("leave-bam", Command::Leave),
-    ("typing:start", Command::TypingStart),
-    ("typing-start", Command::TypingStart),
-    ("typing:stop", Command::TypingStop),
-    ("typing-stop", Command::TypingStop),
-    ("message:typing", Command::Typing),
-    ("presence:update", Command::Status),
-    ("status-change", Command::Status),
-    ("conversation:users:online", Command::OnlineUsers),
-    ("message:send", Command::Send),
-    ("send-message", Command::Send),
-    ("message:delivered", Command::Delivered),
-    ("message:read", Command::Read),
-    ("conversation:read", Command::ReadAll),
-    ("mark_all_read", Command::ReadAll),
-    ("reaction:add", Command::ReactionAdd),
-    ("reaction:remove", Command::ReactionRemove),
-    ("conversation:history", Command::History),
+/// Inbound events and what each one asks (PROTOCOL.md 2.2), aliases included.
+pub(super) const INBOUND: &[(&str, Inbound)] = &[
+    ("register", Inbound::Register),
+    ("room:join", Inbound::Command(Verb::Join)),
+    ("conversation:join", Inbound::Command(Verb::Join)),
+    ("join-bam", Inbound::Command(Verb::Join)),
+    ("room:leave", Inbound::Command(Verb::Leave)),
+    ("conversation:leave", Inbound::Command(Verb::Leave)),
+    ("leave-bam", Inbound::Command(Verb::Leave)),
+    ("typing:start", Inbound::Command(Verb::TypingStart)),
+    ("typing-start", Inbound::Command(Verb::TypingStart)),
+    ("typing:stop", Inbound::Command(Verb::TypingStop)),
+    ("typing-stop", Inbound::Command(Verb::TypingStop)),
+    ("message:typing", Inbound::Command(Verb::Typing)),
+    ("presence:update", Inbound::Command(Verb::Status)),
+    ("status-change", Inbound::Command(Verb::Status)),
+    ("conversation:users:online", Inbound::Command(Verb::OnlineUsers)),
+    ("message:send", Inbound::Command(Verb::Send)),
+    ("send-message", Inbound::Command(Verb::Send)),
+    ("message:delivered", Inbound::Command(Verb::Delivered)),
+    ("message:read", Inbound::Command(Verb::Read)),
+    ("conversation:read", Inbound::Command(Verb::ReadAll)),
+    ("mark_all_read", Inbound::Command(Verb::ReadAll)),
+    ("reaction:add", Inbound::Command(Verb::ReactionAdd)),
+    ("reaction:remove", Inbound::Command(Verb::ReactionRemove)),
+    ("conversation:history", Inbound::Command(Verb::History)),
 ];
 
+/// Verbs Socket.IO offers no event for, and why.
+#[cfg(test)]
+const ABSENT: &[Verb] = &[
+    // Engine.IO's heartbeat is the liveness check.
+    Verb::Ping,
+];
+
+/// What an inbound event asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Command {
+pub(super) enum Inbound {
+    /// Seed 000's `register`: binds the connection itself, so it is this adapter's.
     Register,
-    Join,
-    Leave,
-    TypingStart,
-    TypingStop,
-    Typing,
-    Status,
-    OnlineUsers,
-    Send,
-    Delivered,
-    Read,
-    ReadAll,
-    ReactionAdd,
-    ReactionRemove,
-    History,
+    /// A command of the shared surface.
+    Command(Verb),
 }
 
 /// A successful ack: `{ success: true, … }`.
@@ -134,24 +132,33 @@ impl SocketIoAdapter {
     pub(super) async fn dispatch(
         &self,
         socket: &Arc<SioSocket>,
-        command: Command,
+        event: Inbound,
         payload: Value,
     ) -> Result<Reply, DomainError> {
         let conn = &socket.conn;
-        let who = match command {
-            Command::Register => return self.register(socket, &payload).await,
-            _ => conn
-                .identity
-                .get()
-                .ok_or_else(|| DomainError::Unauthorized("connect with a token or register first".into()))?,
+        let verb = match event {
+            Inbound::Register => return self.register(socket, &payload).await,
+            Inbound::Command(verb) => verb,
         };
-        let domain = &self.ctx.domain;
-        match command {
-            Command::Register => Err(DomainError::Internal),
-            Command::Join => {
-                let conversation = inbound::conversation(&payload)?;
-                let last_seq = inbound::last_seq(&payload)?;
-                let joined = domain.join(&conn.local, who, &conversation, last_seq).await?;
+        // Refused before the payload is read, as an anonymous connection may send anything.
+        let who = conn
+            .identity
+            .get()
+            .ok_or_else(|| DomainError::Unauthorized("connect with a token or register first".into()))?;
+        let command = Command::parse(verb, &payload)?;
+        let caller = Caller {
+            local: &conn.local,
+            who,
+        };
+        let outcome = execute(&self.ctx.domain, caller, command).await?;
+        Ok(self.render(socket, outcome))
+    }
+
+    /// The ack of a command's outcome, after the namespace's confirmation event if its
+    /// profile has one.
+    fn render(&self, socket: &SioSocket, outcome: Outcome) -> Reply {
+        match outcome {
+            Outcome::Joined { conversation, joined } => {
                 if let Some(name) = self.profile(socket.ns).join_confirmation {
                     let confirmation = JoinConfirmation {
                         conversation_id: &conversation,
@@ -163,45 +170,21 @@ impl SocketIoAdapter {
                     Some(page) => (Some(page.messages), Some(page.has_more)),
                     None => (None, None),
                 };
-                Ok(Reply::Joined {
+                Reply::Joined {
                     message: format!("Joined conversation {conversation}"),
                     conversation_id: conversation,
                     online_users: joined.online_users,
                     missed,
                     has_more,
                     live: Some(joined.live),
-                })
+                }
             }
-            Command::Leave => {
-                let conversation = inbound::conversation(&payload)?;
-                domain.leave(&conn.local, who, &conversation).await?;
-                Ok(Reply::Left {
-                    conversation_id: conversation,
-                })
-            }
-            Command::TypingStart | Command::TypingStop => {
-                let conversation = inbound::conversation(&payload)?;
-                domain
-                    .typing(who, &conversation, command == Command::TypingStart)
-                    .await?;
-                Ok(Reply::Done {})
-            }
-            Command::Typing => {
-                let (conversation, is_typing) = inbound::typing(&payload)?;
-                domain.typing(who, &conversation, is_typing).await?;
-                Ok(Reply::Done {})
-            }
-            Command::Status => {
-                let status = domain.set_status(who, inbound::status(&payload)?).await?;
-                Ok(Reply::Status { status })
-            }
-            Command::OnlineUsers => {
-                let conversation = inbound::conversation(&payload)?;
-                let online_users = domain.conversation_online(Some(who), &conversation).await?;
-                Ok(Reply::Online { online_users })
-            }
-            Command::Send => {
-                let sent = domain.send(who, inbound::send(&payload)?).await?;
+            Outcome::Left(conversation) => Reply::Left {
+                conversation_id: conversation,
+            },
+            Outcome::Status(status) => Reply::Status { status },
+            Outcome::Online(online_users) => Reply::Online { online_users },
+            Outcome::Sent(sent) => {
                 if let Some(name) = self.profile(socket.ns).send_confirmation {
                     let confirmation = SendConfirmation {
                         temp_id: sent.message.temp_id.as_deref(),
@@ -209,34 +192,14 @@ impl SocketIoAdapter {
                     };
                     self.emit(socket, name, &confirmation);
                 }
-                Ok(Reply::Sent { message: sent.message })
+                Reply::Sent { message: sent.message }
             }
-            Command::Delivered | Command::Read => {
-                let status = match command {
-                    Command::Read => ReceiptStatus::Read,
-                    _ => ReceiptStatus::Delivered,
-                };
-                domain.receipt(who, &inbound::message_id(&payload)?, status).await?;
-                Ok(Reply::Done {})
-            }
-            Command::ReadAll => {
-                domain.mark_all_read(who, &inbound::conversations(&payload)?).await?;
-                Ok(Reply::Done {})
-            }
-            Command::ReactionAdd | Command::ReactionRemove => {
-                let (message_id, reaction) = inbound::reaction(&payload)?;
-                domain
-                    .react(who, &message_id, &reaction, command == Command::ReactionAdd)
-                    .await?;
-                Ok(Reply::Done {})
-            }
-            Command::History => {
-                let page = domain.history(Some(who), inbound::history(&payload)?).await?;
-                Ok(Reply::History {
-                    messages: page.messages,
-                    has_more: page.has_more,
-                })
-            }
+            Outcome::History(page) => Reply::History {
+                messages: page.messages,
+                has_more: page.has_more,
+            },
+            // `Pong` is not reachable here (no event maps to `Verb::Ping`).
+            Outcome::Done | Outcome::Pong => Reply::Done {},
         }
     }
 
@@ -256,5 +219,33 @@ impl SocketIoAdapter {
         self.ctx.domain.connect(&conn.local, &who).await?;
         let _ = conn.identity.set(who);
         Ok(Reply::Registered { user_id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::{check_table, full_payload};
+
+    #[test]
+    fn every_verb_has_an_event_or_is_listed_absent() {
+        let table: Vec<(&str, Verb)> = INBOUND
+            .iter()
+            .filter_map(|(name, event)| match event {
+                Inbound::Command(verb) => Some((*name, *verb)),
+                Inbound::Register => None,
+            })
+            .collect();
+        check_table("socket.io", &table, ABSENT, &full_payload());
+    }
+
+    #[test]
+    fn event_names_are_unique() {
+        for (n, (name, _)) in INBOUND.iter().enumerate() {
+            assert!(
+                INBOUND.iter().skip(n + 1).all(|(other, _)| other != name),
+                "{name} twice"
+            );
+        }
     }
 }
