@@ -381,6 +381,12 @@ impl Reading {
                 Ok(n) => {
                     any = true;
                     self.frames(&mut buf[..n], on_text)?;
+                    // A paused or closing socket reads no further: what stays unread is the
+                    // client's backpressure.
+                    let st = self.socket.state();
+                    if st.paused || st.closing.is_some() {
+                        return Ok(true);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(any),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

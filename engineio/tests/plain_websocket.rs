@@ -1,6 +1,7 @@
 //! Plain WebSockets (`engineio::websocket`) against a real server: a tiny echo handler that
 //! answers a text `m` with `m`, except `close:CODE` (closes after flushing, with CODE) and
-//! `flood:N:SIZE` (sends N frames of SIZE bytes at once).
+//! `flood:N:SIZE` (sends N frames of SIZE bytes at once) and `pause` (reads nothing more for
+//! 300 ms).
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -44,7 +45,14 @@ async fn echo(
         };
         let reason = reading
             .run(|text| {
-                if let Some(code) = text.strip_prefix("close:") {
+                if text == "pause" {
+                    socket.pause_reading();
+                    let socket = socket.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        socket.resume_reading();
+                    });
+                } else if let Some(code) = text.strip_prefix("close:") {
                     socket.close(DisconnectReason::ServerClose, code.parse().unwrap_or(1000));
                 } else if let Some(flood) = text.strip_prefix("flood:") {
                     let mut parts = flood.split(':').map(str::parse::<usize>);
@@ -259,5 +267,28 @@ async fn a_server_close_flushes_then_sends_its_code() -> TestResult {
         tokio::time::timeout(WAIT, ws.next()).await?,
         None | Some(Err(_))
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_paused_socket_reads_nothing_until_resumed() -> TestResult {
+    let config = WsConfig {
+        idle_timeout: Some(Duration::from_millis(200)),
+        ..WsConfig::default()
+    };
+    let server = Server::start(config).await?;
+    let mut ws = server.connect().await?;
+    let started = std::time::Instant::now();
+    ws.send(Message::text("pause")).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ws.send(Message::text("after")).await?;
+    assert_eq!(next_text(&mut ws).await?, "after");
+    assert!(
+        started.elapsed() >= Duration::from_millis(280),
+        "answered while paused, after {:?}",
+        started.elapsed()
+    );
+    // The idle timeout did not run while paused (300 ms > 200 ms), and runs again after.
+    assert_eq!(close_code(&mut ws).await?.0, Some(CloseCode::Away));
     Ok(())
 }
