@@ -171,4 +171,27 @@ mod tests {
             "{text}"
         );
     }
+
+    /// One label set for both protocols, and every label of it documented where the metrics
+    /// are listed: a new reason cannot reach the metric undocumented.
+    #[test]
+    fn every_disconnect_reason_is_documented() {
+        let docs = include_str!("../../docs/cluster.md");
+        let row = docs
+            .lines()
+            .find(|l| l.starts_with("| `switchboard_disconnects_total{reason}`"))
+            .unwrap_or_default();
+        for reason in engineio::DisconnectReason::ALL {
+            let label = format!("`{}`", reason.label());
+            assert!(row.contains(&label), "{label} missing from docs/cluster.md");
+        }
+        let engine_docs = include_str!("../../docs/engineio.md");
+        for reason in engineio::DisconnectReason::ALL {
+            assert!(
+                engine_docs.contains(&format!("| `{}` |", reason.label())),
+                "{} missing from docs/engineio.md",
+                reason.label()
+            );
+        }
+    }
 }
