@@ -1,17 +1,21 @@
-//! Why sessions end, and how.
+//! Why connections end, and how.
 
-/// Why a session ended.
+/// Why a connection ended, whatever its protocol: Engine.IO sessions and plain WebSockets
+/// (the Phoenix adapter's) end for these reasons, and [`DisconnectReason::label`] is the one
+/// label set of the embedding server's disconnect metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub enum DisconnectReason {
     /// The client closed the connection.
     TransportClose,
     /// The connection failed, or the client broke the protocol.
     TransportError,
-    /// No pong within the ping timeout.
+    /// No pong within the ping timeout (Engine.IO).
     HeartbeatTimeout,
-    /// The client sent Engine.IO's close packet.
+    /// No frame from the client within the idle timeout (plain WebSocket).
+    IdleTimeout,
+    /// The client closed on purpose: Engine.IO's close packet, or a WebSocket close frame.
     ClientClose,
-    /// The layer above closed the session.
+    /// The server closed the connection (a kick, a removal it could not queue).
     ServerClose,
     /// The outbound queue stayed full.
     SlowConsumer,
@@ -21,18 +25,32 @@ pub enum CloseReason {
     Draining,
 }
 
-impl CloseReason {
+impl DisconnectReason {
+    /// Every reason, for documentation tests and for metrics that pre-create their labels.
+    pub const ALL: [DisconnectReason; 9] = [
+        DisconnectReason::TransportClose,
+        DisconnectReason::TransportError,
+        DisconnectReason::HeartbeatTimeout,
+        DisconnectReason::IdleTimeout,
+        DisconnectReason::ClientClose,
+        DisconnectReason::ServerClose,
+        DisconnectReason::SlowConsumer,
+        DisconnectReason::TooBig,
+        DisconnectReason::Draining,
+    ];
+
     /// A short stable name, for metric labels and logs.
     pub fn label(self) -> &'static str {
         match self {
-            CloseReason::TransportClose => "transport_close",
-            CloseReason::TransportError => "transport_error",
-            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
-            CloseReason::ClientClose => "client_disconnect",
-            CloseReason::ServerClose => "server_disconnect",
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::TooBig => "message_too_big",
-            CloseReason::Draining => "closing_server",
+            DisconnectReason::TransportClose => "transport_close",
+            DisconnectReason::TransportError => "transport_error",
+            DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+            DisconnectReason::IdleTimeout => "idle_timeout",
+            DisconnectReason::ClientClose => "client_close",
+            DisconnectReason::ServerClose => "server_close",
+            DisconnectReason::SlowConsumer => "slow_consumer",
+            DisconnectReason::TooBig => "message_too_big",
+            DisconnectReason::Draining => "draining",
         }
     }
 }
@@ -41,13 +59,13 @@ impl CloseReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Closing {
     /// Write what is queued first (after a server disconnect packet).
-    Flush(CloseReason),
+    Flush(DisconnectReason),
     /// Drop what is queued.
-    Now(CloseReason),
+    Now(DisconnectReason),
 }
 
 impl Closing {
-    pub(crate) fn reason(self) -> CloseReason {
+    pub(crate) fn reason(self) -> DisconnectReason {
         match self {
             Closing::Flush(r) | Closing::Now(r) => r,
         }

@@ -11,17 +11,17 @@ pub struct Config {
     /// all of it, so that clients that connected together are not pinged together.
     pub ping_interval: Duration,
     /// How long a pinged client has to answer before it is closed with
-    /// [`CloseReason::HeartbeatTimeout`](crate::CloseReason::HeartbeatTimeout) (`pingTimeout`).
+    /// [`DisconnectReason::HeartbeatTimeout`](crate::DisconnectReason::HeartbeatTimeout) (`pingTimeout`).
     /// Default 20 s.
     pub ping_timeout: Duration,
     /// The largest message (WebSocket) or request body (polling) a client may send, in bytes
     /// (`maxPayload`). Beyond it the session closes with
-    /// [`CloseReason::TooBig`](crate::CloseReason::TooBig). Default 1,000,000.
+    /// [`DisconnectReason::TooBig`](crate::DisconnectReason::TooBig). Default 1,000,000.
     pub max_payload: usize,
     /// Packets a session may hold that the client has not taken yet: on WebSocket what the
     /// kernel did not accept at once, on polling what waits for the next poll. A packet that
     /// finds the queue full closes the session with
-    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer). At least 1; default 1024.
+    /// [`DisconnectReason::SlowConsumer`](crate::DisconnectReason::SlowConsumer). At least 1; default 1024.
     pub max_queue: usize,
 }
 

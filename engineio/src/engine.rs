@@ -1,6 +1,6 @@
 //! The sessions of one server, and the contract with the layer above.
 
-use crate::close::{CloseReason, Closing};
+use crate::close::{Closing, DisconnectReason};
 use crate::config::Config;
 use crate::packet::Packet;
 use crate::session::{Session, Transport};
@@ -22,7 +22,7 @@ pub trait Handler: Send + Sync + Sized + 'static {
     /// A binary message.
     fn on_binary(self: &Arc<Self>, session: &Arc<Session<Self::Data>>, data: &[u8]);
     /// The session ended; called once, after it left the engine.
-    fn on_close(self: &Arc<Self>, session: &Arc<Session<Self::Data>>, reason: CloseReason);
+    fn on_close(self: &Arc<Self>, session: &Arc<Session<Self::Data>>, reason: DisconnectReason);
 }
 
 /// Every session of the server, by sid.
@@ -93,13 +93,13 @@ pub fn random_id() -> Box<str> {
 }
 
 /// Removes a session from the engine and tells the layer above, once.
-pub(crate) fn finish<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>, reason: CloseReason) {
+pub(crate) fn finish<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>, reason: DisconnectReason) {
     let removed = h.engine().map().remove(&session.sid).is_some();
     if removed {
         {
             let mut st = session.state();
             st.closing.get_or_insert(Closing::Now(reason));
-            st.queue.clear();
+            st.out.queue.clear();
         }
         session.wake_all();
         h.on_close(session, reason);

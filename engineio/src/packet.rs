@@ -70,6 +70,16 @@ impl Packet {
         out.build()
     }
 
+    /// A control frame (a pong, a close), to queue behind the frames before it.
+    pub(crate) fn control(opcode: u8, payload: &[u8]) -> Self {
+        let frame = frame::frame(opcode, payload);
+        // A control frame's payload is at most 125 bytes: a 2-byte header.
+        Self {
+            frame: Bytes::from(frame),
+            text_at: 2,
+        }
+    }
+
     /// The whole WebSocket frame.
     pub fn frame(&self) -> &[u8] {
         &self.frame

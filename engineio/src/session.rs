@@ -6,12 +6,11 @@
 //! queued, up to [`Config::max_queue`] packets, beyond which the client is a slow consumer
 //! and is closed.
 
-use crate::close::{CloseReason, Closing};
+use crate::close::{Closing, DisconnectReason};
 use crate::config::Config;
+use crate::outbox::{Outbox, Pushed};
 use crate::packet::Packet;
 use crate::stats;
-use std::collections::VecDeque;
-use std::io;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -31,9 +30,7 @@ pub(crate) struct Heartbeat {
 pub(crate) struct Inner {
     pub(crate) transport: Transport,
     /// Packets not yet written (WebSocket) or not yet polled (polling).
-    pub(crate) queue: VecDeque<Packet>,
-    /// Bytes of the first queued packet's frame already written.
-    pub(crate) written: usize,
+    pub(crate) out: Outbox,
     pub(crate) closing: Option<Closing>,
     /// A polling session whose client probes a WebSocket: polls are answered at once.
     pub(crate) upgrading: bool,
@@ -69,8 +66,7 @@ impl<D> Session<D> {
             data: D::default(),
             state: Mutex::new(Inner {
                 transport,
-                queue: VecDeque::new(),
-                written: 0,
+                out: Outbox::default(),
                 closing: None,
                 upgrading: false,
                 polling: false,
@@ -110,53 +106,42 @@ impl<D> Session<D> {
         if st.closing.is_some() {
             return;
         }
-        if write_through
-            && let Transport::WebSocket(tcp) = &st.transport
-            && st.queue.is_empty()
-        {
-            let frame = packet.frame();
-            match write(tcp, frame) {
-                Ok(n) if n == frame.len() => return,
-                Ok(n) => st.written = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.written = 0,
-                Err(_) => {
-                    st.closing = Some(Closing::Now(CloseReason::TransportError));
-                    drop(st);
-                    self.wake_all();
-                    return;
-                }
+        let inner = &mut *st;
+        let tcp = match &inner.transport {
+            Transport::WebSocket(tcp) if write_through => Some(tcp.as_ref()),
+            _ => None,
+        };
+        match inner.out.push(tcp, packet, self.max_queue) {
+            Pushed::Done => {}
+            // Whoever writes is told when the queue stops being empty.
+            Pushed::Queued => {
+                drop(st);
+                self.wake.notify_one();
             }
-            st.queue.push_back(packet);
-            drop(st);
-            self.wake.notify_one();
-            return;
-        }
-        if st.queue.len() >= self.max_queue {
-            stats::count_outbound_dropped();
-            tracing::info!(sid = %self.sid, "closing a slow consumer");
-            st.closing = Some(Closing::Now(CloseReason::SlowConsumer));
-            drop(st);
-            self.wake_all();
-            return;
-        }
-        let first = st.queue.is_empty();
-        st.queue.push_back(packet);
-        drop(st);
-        // Whoever writes was told when the queue stopped being empty.
-        if first {
-            self.wake.notify_one();
+            Pushed::Full => {
+                stats::count_outbound_dropped();
+                tracing::info!(sid = %self.sid, "closing a slow consumer");
+                st.closing = Some(Closing::Now(DisconnectReason::SlowConsumer));
+                drop(st);
+                self.wake_all();
+            }
+            Pushed::Failed => {
+                st.closing = Some(Closing::Now(DisconnectReason::TransportError));
+                drop(st);
+                self.wake_all();
+            }
         }
     }
 
     /// Closes the session after writing what is queued (the client gets a server disconnect
     /// packet sent just before).
-    pub fn close_after_flush(&self, reason: CloseReason) {
+    pub fn close_after_flush(&self, reason: DisconnectReason) {
         self.close(Closing::Flush(reason));
     }
 
     /// Closes the session at once: for a WebSocket, the TCP connection is shut down, which
     /// clients treat as a lost connection and reconnect.
-    pub fn close_now(&self, reason: CloseReason) {
+    pub fn close_now(&self, reason: DisconnectReason) {
         self.close(Closing::Now(reason));
     }
 
@@ -193,14 +178,14 @@ impl<D> Session<D> {
 
     /// Runs when the heartbeat timer fires: pings when due, and returns when to look again;
     /// an error when the pong is late.
-    pub(crate) fn heartbeat(&self, config: &Config) -> Result<Instant, CloseReason> {
+    pub(crate) fn heartbeat(&self, config: &Config) -> Result<Instant, DisconnectReason> {
         let now = Instant::now();
         let mut st = self.state();
         if now < st.heartbeat.next {
             return Ok(st.heartbeat.next);
         }
         if st.heartbeat.awaiting_pong {
-            return Err(CloseReason::HeartbeatTimeout);
+            return Err(DisconnectReason::HeartbeatTimeout);
         }
         st.heartbeat.awaiting_pong = true;
         st.heartbeat.next = now + config.ping_timeout;
@@ -210,12 +195,4 @@ impl<D> Session<D> {
         self.send(PING.clone());
         Ok(next)
     }
-}
-
-/// One `send(2)`, without waiting: through tokio, so that a full socket clears the
-/// write readiness the session's task then waits on.
-fn write(tcp: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    tcp.try_io(tokio::io::Interest::WRITABLE, || {
-        socket2::SockRef::from(tcp).send(bytes)
-    })
 }

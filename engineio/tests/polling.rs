@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TestResult, TestServer, fast_heartbeat};
-use engineio::{CloseReason, Config};
+use engineio::{Config, DisconnectReason};
 use std::time::Duration;
 
 #[tokio::test]
@@ -131,7 +131,7 @@ async fn an_overlapping_poll_closes_the_session() -> TestResult {
     assert_eq!((second.status, second.body.as_slice()), (400, &b""[..]));
     let first = tokio::time::timeout(common::WAIT, first).await???;
     assert_eq!((first.status, first.text().as_str()), (200, "1"));
-    assert_eq!(server.closed(&sid).await?, CloseReason::TransportError);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::TransportError);
     let after = server.poll(&sid).await?;
     assert_eq!((after.status, after.refusal()?.0), (400, 1));
     Ok(())
@@ -148,7 +148,7 @@ async fn pongs_keep_a_session_and_silence_ends_it() -> TestResult {
     }
     // Three intervals answered: longer than interval + timeout, so the pongs counted.
     assert_eq!(server.session_count(), 1);
-    assert_eq!(server.closed(&sid).await?, CloseReason::HeartbeatTimeout);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::HeartbeatTimeout);
     Ok(())
 }
 
@@ -160,7 +160,7 @@ async fn a_body_over_max_payload_closes_the_session() -> TestResult {
     body.extend([b'a'; 100]);
     let r = server.post(&sid, &body).await?;
     assert_eq!(r.status, 413);
-    assert_eq!(server.closed(&sid).await?, CloseReason::TooBig);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::TooBig);
     Ok(())
 }
 
@@ -170,13 +170,13 @@ async fn close_reasons_over_polling() -> TestResult {
 
     let (sid, _) = server.handshake().await?;
     server.post(&sid, b"1").await?;
-    assert_eq!(server.closed(&sid).await?, CloseReason::ClientClose);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::ClientClose);
 
     // A server close after flush: the next poll takes what was queued, then the close packet.
     let (sid, _) = server.handshake().await?;
     server.post(&sid, b"4bye").await?;
     assert_eq!(server.poll(&sid).await?.text(), "4bye\x1e1");
-    assert_eq!(server.closed(&sid).await?, CloseReason::ServerClose);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::ServerClose);
 
     // Closing at once: a waiting poll gets the close packet.
     let (sid, _) = server.handshake().await?;
@@ -186,13 +186,13 @@ async fn close_reasons_over_polling() -> TestResult {
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.post(&sid, b"4drop").await?;
     assert_eq!(tokio::time::timeout(common::WAIT, waiting).await???.text(), "1");
-    assert_eq!(server.closed(&sid).await?, CloseReason::Draining);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::Draining);
 
     // A body that is not UTF-8 breaks the protocol.
     let (sid, _) = server.handshake().await?;
     let r = server.post(&sid, b"4\xff").await?;
     assert_eq!((r.status, r.refusal()?.0), (400, 3));
-    assert_eq!(server.closed(&sid).await?, CloseReason::TransportError);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::TransportError);
     assert_eq!(server.session_count(), 0);
     Ok(())
 }
@@ -203,7 +203,7 @@ async fn a_full_queue_closes_a_slow_polling_consumer() -> TestResult {
     let (sid, _) = server.handshake().await?;
     let before = engineio::stats::outbound_dropped();
     server.post(&sid, b"4flood:5:10").await?;
-    assert_eq!(server.closed(&sid).await?, CloseReason::SlowConsumer);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::SlowConsumer);
     assert!(engineio::stats::outbound_dropped() > before);
     Ok(())
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Res, TestResult, TestServer, Ws, fast_heartbeat};
-use engineio::{CloseReason, Config};
+use engineio::{Config, DisconnectReason};
 use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -95,7 +95,7 @@ async fn upgrade_from_polling() -> TestResult {
     // A second upgrade of the same session is refused.
     assert!(server.websocket(&format!("&sid={sid}")).await.is_err());
     drop(ws);
-    assert_eq!(server.closed(&sid).await?, CloseReason::TransportClose);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::TransportClose);
     Ok(())
 }
 
@@ -129,7 +129,7 @@ async fn pongs_keep_a_session_and_silence_ends_it() -> TestResult {
     }
     assert_eq!(server.session_count(), 1);
     assert_eq!(next_text(&mut ws).await?, "2");
-    assert_eq!(server.closed(&sid).await?, CloseReason::HeartbeatTimeout);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::HeartbeatTimeout);
     Ok(())
 }
 
@@ -143,7 +143,7 @@ async fn a_message_over_max_payload_closes_with_1009() -> TestResult {
     assert_eq!(next_text(&mut ws).await?, at_limit);
     send(&mut ws, &"a".repeat(1025)).await?;
     assert_eq!(close_code(&mut ws).await?, Some(CloseCode::Size));
-    assert_eq!(server.closed(&sid).await?, CloseReason::TooBig);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::TooBig);
     Ok(())
 }
 
@@ -155,13 +155,13 @@ async fn malformed_frames_close_with_their_codes() -> TestResult {
     let (mut ws, sid, _) = open(&server).await?;
     ws.get_mut().write_all(&[0x81, 0x02, b'4', b'x']).await?;
     assert_eq!(close_code(&mut ws).await?, Some(CloseCode::Protocol));
-    assert_eq!(server.closed(&sid).await?, CloseReason::TransportError);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::TransportError);
 
     // A text frame that is not UTF-8 (masked with a zero key).
     let (mut ws, sid, _) = open(&server).await?;
     ws.get_mut().write_all(&[0x81, 0x82, 0, 0, 0, 0, b'4', 0xff]).await?;
     assert_eq!(close_code(&mut ws).await?, Some(CloseCode::Invalid));
-    assert_eq!(server.closed(&sid).await?, CloseReason::TransportError);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::TransportError);
     Ok(())
 }
 
@@ -171,28 +171,28 @@ async fn close_reasons_over_websocket() -> TestResult {
 
     let (mut ws, sid, _) = open(&server).await?;
     send(&mut ws, "1").await?;
-    assert_eq!(server.closed(&sid).await?, CloseReason::ClientClose);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::ClientClose);
 
     let (ws, sid, _) = open(&server).await?;
     drop(ws);
-    assert_eq!(server.closed(&sid).await?, CloseReason::TransportClose);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::TransportClose);
 
     let (mut ws, sid, _) = open(&server).await?;
     ws.close(None).await?;
-    assert_eq!(server.closed(&sid).await?, CloseReason::TransportClose);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::TransportClose);
 
     // A close after flush: what was sent before it, then a normal close frame.
     let (mut ws, sid, _) = open(&server).await?;
     send(&mut ws, "4bye").await?;
     assert_eq!(next_text(&mut ws).await?, "4bye");
     assert_eq!(close_code(&mut ws).await?, Some(CloseCode::Normal));
-    assert_eq!(server.closed(&sid).await?, CloseReason::ServerClose);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::ServerClose);
 
     // A close at once shuts the TCP connection without a close frame, as a lost connection.
     let (mut ws, sid, _) = open(&server).await?;
     send(&mut ws, "4drop").await?;
     assert_eq!(close_code(&mut ws).await?, None);
-    assert_eq!(server.closed(&sid).await?, CloseReason::Draining);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::Draining);
     assert_eq!(server.session_count(), 0);
     Ok(())
 }
@@ -204,7 +204,7 @@ async fn a_client_that_does_not_read_is_closed_as_a_slow_consumer() -> TestResul
     let before = engineio::stats::outbound_dropped();
     // Far more than the kernel's socket buffers hold; the client reads nothing.
     send(&mut ws, "4flood:4000:65536").await?;
-    assert_eq!(server.closed(&sid).await?, CloseReason::SlowConsumer);
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::SlowConsumer);
     assert!(engineio::stats::outbound_dropped() > before);
     Ok(())
 }

@@ -13,10 +13,10 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Open Phoenix sockets.
     pub phoenix_connections: IntGauge,
-    /// Connections closed, by reason. Socket.IO: `transport_close`, `transport_error`,
-    /// `heartbeat_timeout`, `slow_consumer`, `message_too_big`, `server_disconnect`,
-    /// `client_disconnect`, `closing_server`; Phoenix: `client_close`, `idle_timeout`, `slow_consumer`,
-    /// `server_close`, `transport_close`.
+    /// Connections closed, by reason: one label set for both protocols,
+    /// [`engineio::DisconnectReason::label`] (`transport_close`, `transport_error`,
+    /// `heartbeat_timeout`, `idle_timeout`, `client_close`, `server_close`, `slow_consumer`,
+    /// `message_too_big`, `draining`).
     pub disconnects: IntCounterVec,
     /// Frames not written because a connection's outbound queue was full.
     pub outbound_dropped: IntCounter,
@@ -57,8 +57,9 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntC
     c
 }
 
-/// `outbound_dropped_total`: what the Phoenix adapter counts, plus what the `engineio` crate
-/// counts for the Socket.IO sessions (it keeps its own count, knowing nothing of this registry).
+/// `outbound_dropped_total`: what the gateway counts (sheds by the hub), plus what the
+/// `engineio` crate counts for full queues of its sockets, Socket.IO sessions and Phoenix's
+/// plain WebSockets alike (it keeps its own count, knowing nothing of this registry).
 fn outbound_dropped(registry: &Registry) -> IntCounter {
     let name = "outbound_dropped_total";
     let c = IntCounter::new(name, "Frames dropped because a connection's outbound queue was full")
@@ -176,5 +177,28 @@ mod tests {
             text.contains("switchboard_disconnects_total{reason=\"transport_close\"}"),
             "{text}"
         );
+    }
+
+    /// One label set for both protocols, and every label of it documented where the metrics
+    /// are listed: a new reason cannot reach the metric undocumented.
+    #[test]
+    fn every_disconnect_reason_is_documented() {
+        let docs = include_str!("../../docs/cluster.md");
+        let row = docs
+            .lines()
+            .find(|l| l.starts_with("| `switchboard_disconnects_total{reason}`"))
+            .unwrap_or_default();
+        for reason in engineio::DisconnectReason::ALL {
+            let label = format!("`{}`", reason.label());
+            assert!(row.contains(&label), "{label} missing from docs/cluster.md");
+        }
+        let engine_docs = include_str!("../../docs/engineio.md");
+        for reason in engineio::DisconnectReason::ALL {
+            assert!(
+                engine_docs.contains(&format!("| `{}` |", reason.label())),
+                "{} missing from docs/engineio.md",
+                reason.label()
+            );
+        }
     }
 }

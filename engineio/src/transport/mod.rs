@@ -1,7 +1,7 @@
 //! The Engine.IO endpoint: request checks, the handshake, and dispatch to the two transports.
 
 mod polling;
-mod ws;
+pub(crate) mod ws;
 
 use crate::engine::Handler;
 use crate::net::ConnInfo;

@@ -2,7 +2,7 @@
 //! polling session is a heartbeat task plus the requests that poll it.
 
 use super::{refuse, text};
-use crate::close::{CloseReason, Closing};
+use crate::close::{Closing, DisconnectReason};
 use crate::engine::{Handler, finish};
 use crate::packet::{self, EnginePacket, SEPARATOR};
 use crate::session::{Session, Transport};
@@ -16,12 +16,12 @@ use tokio::time::Instant;
 /// The packets of one POST body, handed to the layer above in order.
 pub(super) fn post<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>, body: &[u8]) -> Response {
     if body.len() > h.engine().settings.max_payload {
-        finish(h, session, CloseReason::TooBig);
+        finish(h, session, DisconnectReason::TooBig);
         return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response();
     }
     for raw in body.split(|b| *b == SEPARATOR) {
         let Ok(raw) = std::str::from_utf8(raw) else {
-            finish(h, session, CloseReason::TransportError);
+            finish(h, session, DisconnectReason::TransportError);
             return refuse(3, "Bad request");
         };
         if let Some(encoded) = raw.strip_prefix('b') {
@@ -35,7 +35,7 @@ pub(super) fn post<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>, body
             Ok(EnginePacket::Message(text)) => h.on_message(session, text),
             Ok(EnginePacket::Pong(_)) => session.on_pong(&h.engine().settings),
             Ok(EnginePacket::Close) => {
-                finish(h, session, CloseReason::ClientClose);
+                finish(h, session, DisconnectReason::ClientClose);
                 break;
             }
             Ok(EnginePacket::Ping(_) | EnginePacket::Upgrade | EnginePacket::Noop) => {}
@@ -56,7 +56,7 @@ pub(super) async fn poll<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>
         if st.polling {
             // Two polls at once: a broken client, which the reference server closes (the
             // waiting poll gets the close packet) while refusing the second with an empty 400.
-            st.closing.get_or_insert(Closing::Now(CloseReason::TransportError));
+            st.closing.get_or_insert(Closing::Now(DisconnectReason::TransportError));
             drop(st);
             tracing::debug!(sid = %session.sid, "overlapping polls: closing");
             session.wake_all();
@@ -78,7 +78,7 @@ pub(super) async fn poll<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>
             if let Some(closing) = st.closing {
                 let mut body: Vec<u8> = Vec::new();
                 if matches!(closing, Closing::Flush(_)) {
-                    for p in st.queue.drain(..) {
+                    for p in st.out.queue.drain(..) {
                         body.extend_from_slice(p.text());
                         body.push(SEPARATOR);
                     }
@@ -88,9 +88,9 @@ pub(super) async fn poll<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>
                 finish(h, session, closing.reason());
                 return text(body);
             }
-            if !st.queue.is_empty() {
-                let mut body = Vec::with_capacity(st.queue.iter().map(|p| p.text().len() + 1).sum());
-                for (i, p) in st.queue.drain(..).enumerate() {
+            if !st.out.queue.is_empty() {
+                let mut body = Vec::with_capacity(st.out.queue.iter().map(|p| p.text().len() + 1).sum());
+                for (i, p) in st.out.queue.drain(..).enumerate() {
                     if i > 0 {
                         body.push(SEPARATOR);
                     }
@@ -118,7 +118,7 @@ pub(super) async fn heartbeat<H: Handler>(h: Arc<H>, session: Arc<Session<H::Dat
         }
         let (upgraded, closing, unpolled) = {
             let st = session.state();
-            let unpolled = !st.polling && matches!(st.closing, Some(Closing::Flush(_))) && !st.queue.is_empty();
+            let unpolled = !st.polling && matches!(st.closing, Some(Closing::Flush(_))) && !st.out.queue.is_empty();
             (matches!(st.transport, Transport::WebSocket(_)), st.closing, unpolled)
         };
         if upgraded {

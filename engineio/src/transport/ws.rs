@@ -4,10 +4,11 @@
 //! queued frames go out together, one `writev` per batch.
 
 use super::{EngineQuery, handshake_token, refuse};
-use crate::close::{CloseReason, Closing};
+use crate::close::{Closing, DisconnectReason};
 use crate::engine::{Handler, finish};
 use crate::frame;
 use crate::net::ConnInfo;
+use crate::outbox::Flushed;
 use crate::packet::{self, EnginePacket};
 use crate::session::{Session, Transport};
 use axum::extract::Request;
@@ -25,10 +26,8 @@ use tokio::net::TcpStream;
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing WebSocket may take to write what is queued before it.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
-/// Queued frames written by one system call.
-const FLUSH_BATCH: usize = 64;
 /// Bytes read from a socket per system call.
-const READ_CHUNK: usize = 4096;
+pub(crate) const READ_CHUNK: usize = 4096;
 
 /// Answers a WebSocket upgrade request: a new session, or the upgrade of a polling one.
 pub(super) fn upgrade<H: Handler>(
@@ -39,19 +38,9 @@ pub(super) fn upgrade<H: Handler>(
     mut request: Request,
 ) -> Response {
     let headers = request.headers();
-    let is_upgrade = headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-        && headers
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-        && headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) == Some(b"13");
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade) else {
+    let Some(accept) = handshake_accept(headers) else {
         return refuse(3, "Bad request");
     };
-    let accept = frame::accept_key(key.as_bytes());
     let probed = match sid {
         None => None,
         Some(sid) => match h.engine().get(sid) {
@@ -103,6 +92,22 @@ pub(super) fn upgrade<H: Handler>(
         .unwrap_or_else(|_| refuse(3, "Bad request"))
 }
 
+/// Checks a WebSocket handshake request (RFC 6455 §4.2.1: `Connection: upgrade`,
+/// `Upgrade: websocket`, version 13, a key) and returns its `Sec-WebSocket-Accept`.
+pub(crate) fn handshake_accept(headers: &axum::http::HeaderMap) -> Option<String> {
+    let is_upgrade = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) == Some(b"13");
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade)?;
+    Some(frame::accept_key(key.as_bytes()))
+}
+
 /// Reads what hyper had already read past the upgrade request, then lets the connection go:
 /// from here on the session reads and writes the TCP stream itself.
 fn read_buffered<H: Handler>(
@@ -111,27 +116,27 @@ fn read_buffered<H: Handler>(
     tcp: &TcpStream,
     upgraded: hyper::upgrade::Upgraded,
     reader: &mut frame::Reader,
-) -> Result<(), CloseReason> {
+) -> Result<(), DisconnectReason> {
     drain_upgraded(upgraded, |data| frames(h, session, tcp, reader, data))
 }
 
 /// Hands `on` every byte the upgraded connection has without waiting.
-fn drain_upgraded(
+pub(crate) fn drain_upgraded(
     upgraded: hyper::upgrade::Upgraded,
-    mut on: impl FnMut(&mut [u8]) -> Result<(), CloseReason>,
-) -> Result<(), CloseReason> {
+    mut on: impl FnMut(&mut [u8]) -> Result<(), DisconnectReason>,
+) -> Result<(), DisconnectReason> {
     let mut upgraded = hyper_util::rt::TokioIo::new(upgraded);
     let mut cx = Context::from_waker(std::task::Waker::noop());
     loop {
         let mut buf = [0u8; READ_CHUNK];
         let mut read = ReadBuf::new(&mut buf);
         match Pin::new(&mut upgraded).poll_read(&mut cx, &mut read) {
-            Poll::Ready(Ok(())) if read.filled().is_empty() => return Err(CloseReason::TransportClose),
+            Poll::Ready(Ok(())) if read.filled().is_empty() => return Err(DisconnectReason::TransportClose),
             Poll::Ready(Ok(())) => {
                 let n = read.filled().len();
                 on(&mut buf[..n])?;
             }
-            Poll::Ready(Err(_)) => return Err(CloseReason::TransportError),
+            Poll::Ready(Err(_)) => return Err(DisconnectReason::TransportError),
             Poll::Pending => return Ok(()),
         }
     }
@@ -143,30 +148,30 @@ fn incoming<H: Handler>(
     session: &Arc<Session<H::Data>>,
     tcp: &TcpStream,
     m: frame::Incoming<'_>,
-) -> Result<(), CloseReason> {
+) -> Result<(), DisconnectReason> {
     match m {
         frame::Incoming::Text(t) => match packet::parse(t) {
             Ok(EnginePacket::Message(text)) => h.on_message(session, text),
             Ok(EnginePacket::Pong(_)) => session.on_pong(&h.engine().settings),
-            Ok(EnginePacket::Close) => return Err(CloseReason::ClientClose),
+            Ok(EnginePacket::Close) => return Err(DisconnectReason::ClientClose),
             Ok(EnginePacket::Ping(_) | EnginePacket::Upgrade | EnginePacket::Noop) => {}
             Err(e) => tracing::debug!(sid = %session.sid, error = %e, "bad packet ignored"),
         },
         frame::Incoming::Binary(b) => h.on_binary(session, b),
         frame::Incoming::Ping(p) => write_control(session, tcp, &frame::frame(frame::OP_PONG, p)),
         frame::Incoming::Pong => {}
-        frame::Incoming::Close => return Err(CloseReason::TransportClose),
+        frame::Incoming::Close => return Err(DisconnectReason::TransportClose),
     }
     Ok(())
 }
 
 /// The outcome of a read error, after telling the client why with a close frame.
-fn refused<D>(session: &Session<D>, tcp: &TcpStream, e: frame::WsError) -> CloseReason {
+fn refused<D>(session: &Session<D>, tcp: &TcpStream, e: frame::WsError) -> DisconnectReason {
     tracing::debug!(sid = %session.sid, error = %e, "closing a websocket");
     write_control(session, tcp, &frame::close_frame(e.close_code()));
     match e {
-        frame::WsError::TooBig => CloseReason::TooBig,
-        _ => CloseReason::TransportError,
+        frame::WsError::TooBig => DisconnectReason::TooBig,
+        _ => DisconnectReason::TransportError,
     }
 }
 
@@ -177,7 +182,7 @@ fn frames<H: Handler>(
     tcp: &TcpStream,
     reader: &mut frame::Reader,
     data: &mut [u8],
-) -> Result<(), CloseReason> {
+) -> Result<(), DisconnectReason> {
     let mut outcome = Ok(());
     let fed = reader.feed(data, h.engine().settings.max_payload, &mut |m| {
         if outcome.is_ok() {
@@ -192,12 +197,12 @@ fn frames<H: Handler>(
 /// partly written one), and dropped when the socket would block.
 fn write_control<D>(session: &Session<D>, tcp: &TcpStream, bytes: &[u8]) {
     let st = session.state();
-    if st.queue.is_empty() {
+    if st.out.queue.is_empty() {
         let _ = tcp.try_write(bytes);
     }
 }
 
-fn shutdown(tcp: &TcpStream) {
+pub(crate) fn shutdown(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
 }
 
@@ -207,64 +212,26 @@ fn read_now<H: Handler>(
     session: &Arc<Session<H::Data>>,
     tcp: &TcpStream,
     reader: &mut frame::Reader,
-) -> Result<(), CloseReason> {
+) -> Result<(), DisconnectReason> {
     loop {
         let mut buf = [0u8; READ_CHUNK];
         match tcp.try_read(&mut buf) {
-            Ok(0) => return Err(CloseReason::TransportClose),
+            Ok(0) => return Err(DisconnectReason::TransportClose),
             Ok(n) => frames(h, session, tcp, reader, &mut buf[..n])?,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(CloseReason::TransportError),
+            Err(_) => return Err(DisconnectReason::TransportError),
         }
     }
-}
-
-/// What a flush left.
-enum Flushed {
-    /// Nothing queued.
-    Empty,
-    /// The socket's send buffer is full.
-    Blocked,
 }
 
 /// Writes queued packets until the queue is empty or the socket would block.
-fn flush<D>(session: &Session<D>, tcp: &TcpStream) -> Result<Flushed, CloseReason> {
-    let mut st = session.state();
-    loop {
-        if st.queue.is_empty() {
-            return Ok(Flushed::Empty);
-        }
-        // What waited goes out together: one writev for up to FLUSH_BATCH frames, so a
-        // consumer that fell behind costs fewer system calls per frame, not more.
-        let written = st.written;
-        let mut slices = [io::IoSlice::new(&[]); FLUSH_BATCH];
-        let mut count = 0;
-        for (slot, packet) in slices.iter_mut().zip(st.queue.iter()) {
-            let frame = packet.frame();
-            *slot = io::IoSlice::new(if count == 0 { &frame[written..] } else { frame });
-            count += 1;
-        }
-        match tcp.try_write_vectored(&slices[..count]) {
-            Ok(0) => return Err(CloseReason::TransportError),
-            Ok(mut n) => {
-                n += written;
-                st.written = 0;
-                while let Some(front) = st.queue.front() {
-                    let len = front.frame().len();
-                    if n < len {
-                        st.written = n;
-                        break;
-                    }
-                    n -= len;
-                    st.queue.pop_front();
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(CloseReason::TransportError),
-        }
-    }
+fn flush<D>(session: &Session<D>, tcp: &TcpStream) -> Result<Flushed, DisconnectReason> {
+    session
+        .state()
+        .out
+        .flush(tcp)
+        .map_err(|_| DisconnectReason::TransportError)
 }
 
 /// A WebSocket session's one task: reads, heartbeat, and writes that had to wait.
@@ -301,7 +268,7 @@ async fn run_websocket<H: Handler>(
         tokio::select! {
             ready = tcp.readable() => {
                 if ready.is_err() {
-                    break CloseReason::TransportError;
+                    break DisconnectReason::TransportError;
                 }
                 if let Err(reason) = read_now(h, session, tcp, &mut reader) {
                     break reason;
@@ -310,7 +277,7 @@ async fn run_websocket<H: Handler>(
             () = session.wake.notified() => {}
             ready = tcp.writable(), if blocked => {
                 if ready.is_err() {
-                    break CloseReason::TransportError;
+                    break DisconnectReason::TransportError;
                 }
             }
             () = &mut sleep => match session.heartbeat(&settings) {
@@ -341,7 +308,7 @@ fn probe_frames<H: Handler>(
     reader: &mut frame::Reader,
     data: &mut [u8],
     step: &mut Step,
-) -> Result<(), CloseReason> {
+) -> Result<(), DisconnectReason> {
     let mut outcome = Ok(());
     let fed = reader.feed(data, h.engine().settings.max_payload, &mut |m| match (*step, m) {
         (Step::Upgraded, m) => {
@@ -362,7 +329,7 @@ fn probe_frames<H: Handler>(
                 let mut st = session.state();
                 st.transport = Transport::WebSocket(tcp.clone());
                 st.upgrading = false;
-                st.written = 0;
+                st.out.written = 0;
             }
             // The polling heartbeat task sees the switch and stops; this task takes over.
             session.closed.notify_one();
@@ -400,13 +367,13 @@ async fn probe<H: Handler>(
     if outcome.is_ok() {
         outcome = tokio::time::timeout(UPGRADE_TIMEOUT, async {
             while matches!(step, Step::Waiting | Step::Probed) {
-                tcp.readable().await.map_err(|_| CloseReason::TransportError)?;
+                tcp.readable().await.map_err(|_| DisconnectReason::TransportError)?;
                 read_probe(h, session, tcp, reader, &mut step)?;
             }
             Ok(())
         })
         .await
-        .unwrap_or(Err(CloseReason::TransportError));
+        .unwrap_or(Err(DisconnectReason::TransportError));
     }
     match (step, outcome) {
         (Step::Upgraded, Ok(())) => true,
@@ -430,12 +397,12 @@ fn read_probe<H: Handler>(
     tcp: &Arc<TcpStream>,
     reader: &mut frame::Reader,
     step: &mut Step,
-) -> Result<(), CloseReason> {
+) -> Result<(), DisconnectReason> {
     let mut buf = [0u8; READ_CHUNK];
     match tcp.try_read(&mut buf) {
-        Ok(0) => Err(CloseReason::TransportClose),
+        Ok(0) => Err(DisconnectReason::TransportClose),
         Ok(n) => probe_frames(h, session, tcp, reader, &mut buf[..n], step),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(_) => Err(CloseReason::TransportError),
+        Err(_) => Err(DisconnectReason::TransportError),
     }
 }

@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use engineio::net::{ClosableListener, ConnInfo};
-use engineio::{CloseReason, Config, Engine, Handler, Packet, Session};
+use engineio::{Config, DisconnectReason, Engine, Handler, Packet, Session};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 pub struct Echo {
     engine: Engine<()>,
-    closes: mpsc::UnboundedSender<(Box<str>, CloseReason)>,
+    closes: mpsc::UnboundedSender<(Box<str>, DisconnectReason)>,
 }
 
 impl Handler for Echo {
@@ -39,9 +39,9 @@ impl Handler for Echo {
         match text {
             "bye" => {
                 session.send(Packet::new(b"4bye"));
-                session.close_after_flush(CloseReason::ServerClose);
+                session.close_after_flush(DisconnectReason::ServerClose);
             }
-            "drop" => session.close_now(CloseReason::Draining),
+            "drop" => session.close_now(DisconnectReason::Draining),
             "token" => {
                 let token = session.token.as_deref().unwrap_or("none");
                 session.send(Packet::new(format!("4token:{token}").as_bytes()));
@@ -68,7 +68,7 @@ impl Handler for Echo {
         session.send(Packet::new(format!("4binary:{}", data.len()).as_bytes()));
     }
 
-    fn on_close(self: &Arc<Self>, session: &Arc<Session<()>>, reason: CloseReason) {
+    fn on_close(self: &Arc<Self>, session: &Arc<Session<()>>, reason: DisconnectReason) {
         let _ = self.closes.send((session.sid.clone(), reason));
     }
 }
@@ -76,7 +76,7 @@ impl Handler for Echo {
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub handler: Arc<Echo>,
-    closes: Mutex<mpsc::UnboundedReceiver<(Box<str>, CloseReason)>>,
+    closes: Mutex<mpsc::UnboundedReceiver<(Box<str>, DisconnectReason)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -108,13 +108,13 @@ impl TestServer {
     }
 
     /// The next session to end, and why.
-    pub async fn next_close(&self) -> Res<(Box<str>, CloseReason)> {
+    pub async fn next_close(&self) -> Res<(Box<str>, DisconnectReason)> {
         let mut rx = self.closes.lock().await;
         Ok(tokio::time::timeout(WAIT, rx.recv()).await?.ok_or("server gone")?)
     }
 
     /// Waits for `sid` to end; its reason.
-    pub async fn closed(&self, sid: &str) -> Res<CloseReason> {
+    pub async fn closed(&self, sid: &str) -> Res<DisconnectReason> {
         loop {
             let (closed, reason) = self.next_close().await?;
             if &*closed == sid {

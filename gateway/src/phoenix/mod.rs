@@ -2,12 +2,16 @@
 //! sockets at `/socket/websocket`, turns channel frames into domain commands and replies, and
 //! renders the domain events this node receives for the channels each socket joined.
 //!
-//! The adapter is one outlet of the hub. Each socket runs three tasks: a reader that answers heartbeats at once and queues the
-//! other frames, a worker that runs those frames one after the other (so a `typing_stop` never
-//! overtakes its `typing_start`, and a slow database never delays a heartbeat), and a writer
-//! that drains the socket's bounded outbound queue.
+//! The adapter is one outlet of the hub. Each socket is a plain WebSocket of the `engineio`
+//! crate ([`engineio::websocket`]): one task reads, answers heartbeats at once from its
+//! callback and queues the other frames in the socket's inbox; frames to the client are
+//! written straight to the TCP socket (queued, bounded, only when the kernel does not take
+//! them). A worker runs the queued frames one after the other (so a `typing_stop` never
+//! overtakes its `typing_start`, and a slow database never delays a heartbeat), as a task
+//! that exists only while the inbox has work ([`inbox`]).
 
 mod channels;
+mod inbox;
 mod render;
 mod worker;
 
@@ -16,30 +20,27 @@ use crate::config::{Config, RateLimit};
 use crate::domain::{Connection, Domain, Local, Outlet, RateLimiter};
 use crate::metrics::METRICS;
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
-use futures::{SinkExt, StreamExt};
+use engineio::net::ConnInfo;
+use engineio::websocket::{self, Reading, WebSocket, WsConfig};
+use engineio::{DisconnectReason, Packet};
 use render::{Channel, Rendered};
 use shared::event::Message as ChatMessage;
 use shared::phoenix as codec;
 use shared::{ConnId, ConversationId, Delivery, NodeId, Topic, UserId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 /// How many batches a drain closes sockets in.
 const DRAIN_BATCHES: usize = 10;
-
-/// Frames a socket may have waiting for its worker; more makes the reader wait.
-const INBOX: usize = 64;
 
 /// Close codes that make every phoenix.js version reconnect (1000 strands 1.7–1.8.15).
 const GOING_AWAY: u16 = 1001;
@@ -51,9 +52,7 @@ struct Settings {
     jwt: JwtSettings,
     rate: RateLimit,
     node_id: NodeId,
-    max_payload: usize,
-    outbound_queue: usize,
-    idle_timeout: Duration,
+    websocket: WsConfig,
 }
 
 /// What the hub side knows of one local socket.
@@ -63,36 +62,28 @@ struct SocketHandle {
     user: UserId,
     /// The channel topics it joined, for rendering (a user channel's events go out only on it).
     joined: Mutex<Vec<String>>,
-    out: mpsc::Sender<Utf8Bytes>,
-    inbox: mpsc::Sender<worker::Input>,
-    /// Closes the socket; the close code is in `close_code`.
-    kill: CancellationToken,
-    close_code: AtomicU16,
+    socket: Arc<WebSocket>,
+    inbox: Mutex<inbox::Inbox>,
+    /// Told when a worker run ends, for the close to wait on.
+    idle: Notify,
+    /// Itself, for the hub's calls (on `&self`) that start a worker run.
+    me: Weak<SocketHandle>,
 }
 
 impl SocketHandle {
-    /// Queues a frame; a socket whose queue is full is a slow consumer and is closed.
-    fn send(&self, frame: Utf8Bytes) {
-        match self.out.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                METRICS.outbound_dropped.inc();
-                if !self.kill.is_cancelled() {
-                    tracing::info!(conn = %self.local.id, "closing a slow consumer");
-                    METRICS.disconnects.with_label_values(&["slow_consumer"]).inc();
-                    self.close(TRY_AGAIN_LATER);
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+    /// Writes a frame, or queues it; a socket whose queue is full is closed as a slow
+    /// consumer (1013).
+    fn send(&self, frame: Packet) {
+        self.socket.send(frame);
     }
 
-    /// Closes the socket; with a code other than 0, the writer sends it in a close frame.
-    fn close(&self, code: u16) {
-        let _ = self
-            .close_code
-            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
-        self.kill.cancel();
+    fn me(&self) -> Option<Arc<SocketHandle>> {
+        self.me.upgrade()
+    }
+
+    /// Closes the socket with `code` after what is already queued.
+    fn close(&self, reason: DisconnectReason, code: u16) {
+        self.socket.close(reason, code);
     }
 }
 
@@ -124,23 +115,20 @@ impl Connection for SocketHandle {
     }
 
     fn kick(&self) {
-        self.close(GOING_AWAY);
+        self.close(DisconnectReason::ServerClose, GOING_AWAY);
     }
 
     fn shed(&self) {
         METRICS.outbound_dropped.inc();
-        METRICS.disconnects.with_label_values(&["slow_consumer"]).inc();
-        self.close(TRY_AGAIN_LATER);
+        self.socket
+            .close_now(DisconnectReason::SlowConsumer, Some(TRY_AGAIN_LATER));
     }
 
     fn removed(&self, conversation: &ConversationId) {
-        if self
-            .inbox
-            .try_send(worker::Input::Removed(conversation.clone()))
-            .is_err()
-        {
-            // A full inbox must not keep a removed member in: close the socket.
-            self.close(GOING_AWAY);
+        let Some(me) = self.me() else { return };
+        if !me.enqueue_removal(worker::Input::Removed(conversation.clone())) {
+            // A socket too far behind must not keep a removed member in: close it.
+            self.close(DisconnectReason::ServerClose, GOING_AWAY);
         }
     }
 }
@@ -178,9 +166,15 @@ impl PhoenixAdapter {
                 jwt,
                 rate: config.socketio.rate_limit,
                 node_id: config.node_id.clone(),
-                max_payload: usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX),
-                outbound_queue: config.socketio.max_outbound_queue.max(1),
-                idle_timeout: config.phoenix_idle_timeout,
+                websocket: WsConfig {
+                    max_payload: usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX),
+                    max_queue: config.socketio.max_outbound_queue.max(1),
+                    idle_timeout: Some(config.phoenix_idle_timeout),
+                    // An idle socket is told to come back (a heartbeat-less client may be
+                    // merely slow); a slow consumer to retry later and recover with lastSeq.
+                    idle_code: GOING_AWAY,
+                    slow_consumer_code: TRY_AGAIN_LATER,
+                },
             },
             next_id: AtomicU64::new(1),
         }))
@@ -207,7 +201,7 @@ impl PhoenixAdapter {
         tracing::info!(sockets = sockets.len(), per_batch, "closing Phoenix sockets");
         for batch in sockets.chunks(per_batch) {
             for socket in batch.iter().filter_map(|c| handle(c.as_ref())) {
-                socket.close(SERVICE_RESTART);
+                socket.close(DisconnectReason::Draining, SERVICE_RESTART);
             }
             tokio::time::sleep(pause).await;
         }
@@ -236,7 +230,7 @@ impl Outlet for PhoenixOutlet {
             codec::encode(None, None, topic, &event, &payload)
                 .inspect_err(|e| tracing::warn!(error = %e, "frame not encoded"))
                 .ok()
-                .map(Utf8Bytes::from)
+                .map(|frame| Packet::new(frame.as_bytes()))
         };
         if let (Channel::Conversation(c), Topic::Conversation(_)) = (&channel, &delivery.topic) {
             // The hot path: the audience is the topic's sockets, one frame serves them all.
@@ -246,7 +240,7 @@ impl Outlet for PhoenixOutlet {
             return;
         }
         // Otherwise encoded once per topic (each user's own channel differs).
-        let mut frames: HashMap<String, Option<Utf8Bytes>> = HashMap::new();
+        let mut frames: HashMap<String, Option<Packet>> = HashMap::new();
         for s in audience {
             let topic = match &channel {
                 Channel::Conversation(c) => Some(conversation_topic(c)),
@@ -277,7 +271,7 @@ impl Outlet for PhoenixOutlet {
             let phx = render::PhxMessage::from(message);
             if !s.is_joined(&conversation) {
                 match codec::encode(None, None, &own, "new_message", &phx) {
-                    Ok(frame) => s.send(frame.into()),
+                    Ok(frame) => s.send(Packet::new(frame.as_bytes())),
                     Err(e) => tracing::warn!(error = %e, "frame not encoded"),
                 }
             }
@@ -287,7 +281,7 @@ impl Outlet for PhoenixOutlet {
                 unread_count,
             };
             match codec::encode(None, None, &own, "conversation_updated", &update) {
-                Ok(frame) => s.send(frame.into()),
+                Ok(frame) => s.send(Packet::new(frame.as_bytes())),
                 Err(e) => tracing::warn!(error = %e, "frame not encoded"),
             }
         }
@@ -324,152 +318,88 @@ fn forbidden(why: &str) -> Response {
 
 async fn upgrade(
     State(adapter): State<Arc<PhoenixAdapter>>,
+    ConnectInfo(info): ConnectInfo<ConnInfo>,
     Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
+    let (response, upgrade) = match websocket::accept(&mut request, &info, &["phoenix"]) {
+        Ok(accepted) => accepted,
+        Err(e) => return (e.status(), e.to_string()).into_response(),
+    };
     // Only the V2 serializer is spoken; Phoenix treats a missing vsn as V1.
     if !params.get("vsn").is_some_and(|v| v.starts_with("2.")) {
         return forbidden("vsn is not 2.x");
     }
-    let Some(token) = token(&params, &headers) else {
+    let Some(token) = token(&params, request.headers()) else {
         return forbidden("no token");
     };
     let who = match adapter.settings.jwt.verify(&token) {
         Ok(who) => who,
         Err(e) => return forbidden(&e.to_string()),
     };
-    ws.protocols(["phoenix"])
-        .max_message_size(adapter.settings.max_payload)
-        .max_frame_size(adapter.settings.max_payload)
-        .on_upgrade(move |socket| run(adapter, socket, who))
-}
-
-/// One socket, from upgrade to close.
-async fn run(adapter: Arc<PhoenixAdapter>, socket: WebSocket, who: Identity) {
     let id = adapter.next_id.fetch_add(1, Ordering::Relaxed);
     let conn = ConnId(format!("{}:phx:{id}", adapter.settings.node_id));
     let span = tracing::info_span!("phx_socket", conn = %conn, user = %who.user_id);
-    async move {
-        let (mut sink, stream) = socket.split();
-        let (out, outbox) = mpsc::channel(adapter.settings.outbound_queue);
-        let (inbox_tx, inbox) = mpsc::channel(INBOX);
-        let handle = Arc::new(SocketHandle {
-            local: adapter.domain.local(conn),
-            outlet: adapter.outlet,
-            user: who.user_id.clone(),
-            joined: Mutex::default(),
-            out,
-            inbox: inbox_tx,
-            kill: CancellationToken::new(),
-            close_code: AtomicU16::new(0),
-        });
-        adapter.domain.attach(&handle.local, handle.clone());
-        if let Err(e) = adapter.domain.connect(&handle.local, &who).await {
-            tracing::warn!(error = %e, "socket not registered");
-            adapter.domain.detach(&handle.local).await;
-            let close = CloseFrame {
-                code: TRY_AGAIN_LATER,
-                reason: Utf8Bytes::from_static("unavailable"),
-            };
-            let _ = sink.send(Message::Close(Some(close))).await;
-            return;
+    tokio::spawn(
+        async move {
+            if let Some((socket, reading)) = upgrade.open(adapter.settings.websocket.clone()).await {
+                run(adapter, socket, reading, conn, who).await;
+            }
         }
-        METRICS.phoenix_connections.inc();
-        let writer = tokio::spawn(write(sink, outbox, handle.clone()).in_current_span());
-        let worker = worker::Worker::new(adapter.clone(), handle.clone(), who);
-        let worker = tokio::spawn(worker.run(inbox).in_current_span());
-        let reason = read(&adapter, stream, &handle).await;
-        METRICS.disconnects.with_label_values(&[reason]).inc();
-        // An idle socket is told to come back (a heartbeat-less client may be merely slow).
-        handle.close(if reason == "idle_timeout" { GOING_AWAY } else { 0 });
-        let _ = worker.await;
-        let _ = writer.await;
-        METRICS.phoenix_connections.dec();
-        tracing::debug!(reason, "socket closed");
-    }
-    .instrument(span)
-    .await;
+        .instrument(span),
+    );
+    response
 }
 
-/// Reads frames until the socket closes, goes idle or is killed; returns why it ended.
-async fn read(
-    adapter: &PhoenixAdapter,
-    mut stream: futures::stream::SplitStream<WebSocket>,
-    handle: &SocketHandle,
-) -> &'static str {
+/// One socket, from upgrade to close: this is the socket's one task.
+async fn run(adapter: Arc<PhoenixAdapter>, socket: Arc<WebSocket>, reading: Reading, conn: ConnId, who: Identity) {
+    let handle = Arc::new_cyclic(|me| SocketHandle {
+        me: me.clone(),
+        local: adapter.domain.local(conn),
+        outlet: adapter.outlet,
+        user: who.user_id.clone(),
+        joined: Mutex::default(),
+        socket: socket.clone(),
+        inbox: Mutex::default(),
+        idle: Notify::new(),
+    });
+    adapter.domain.attach(&handle.local, handle.clone());
+    if let Err(e) = adapter.domain.connect(&handle.local, &who).await {
+        tracing::warn!(error = %e, "socket not registered");
+        adapter.domain.detach(&handle.local).await;
+        socket.close_with(DisconnectReason::ServerClose, TRY_AGAIN_LATER, "unavailable", false);
+        reading.run(|_| {}).await;
+        return;
+    }
+    METRICS.phoenix_connections.inc();
+    handle.set_worker(worker::Worker::new(adapter.clone(), handle.clone(), who));
     let rate = RateLimiter::new(adapter.settings.rate);
-    loop {
-        let next = tokio::select! {
-            () = handle.kill.cancelled() => return "server_close",
-            next = tokio::time::timeout(adapter.settings.idle_timeout, stream.next()) => next,
-        };
-        let text = match next {
-            Err(_) => return "idle_timeout",
-            Ok(None | Some(Err(_))) => return "transport_close",
-            Ok(Some(Ok(Message::Close(_)))) => return "client_close",
-            Ok(Some(Ok(Message::Text(text)))) => text,
-            Ok(Some(Ok(Message::Binary(_)))) => {
-                tracing::debug!("binary frame ignored: only the JSON serializer is spoken");
-                continue;
-            }
-            Ok(Some(Ok(_))) => continue,
-        };
-        let frame = match codec::decode(text.as_str()) {
-            Ok(frame) => frame,
-            Err(e) => {
-                // Without a readable ref there is nobody to reply to.
-                tracing::debug!(error = %e, "malformed frame ignored");
-                METRICS.inbound_errors.with_label_values(&["bad_request"]).inc();
-                continue;
-            }
-        };
-        if frame.is_heartbeat() {
-            if let Ok(ack) = codec::reply(&frame, "ok", serde_json::json!({})) {
-                handle.send(ack.into());
-            }
-            continue;
-        }
-        let allowed = rate.allow();
-        let queued = tokio::select! {
-            () = handle.kill.cancelled() => return "server_close",
-            queued = handle.inbox.send(worker::Input::Frame(frame, allowed)) => queued,
-        };
-        if queued.is_err() {
-            return "server_close";
-        }
+    let reason = reading.run(|text| read(&handle, &rate, text)).await;
+    METRICS.disconnects.with_label_values(&[reason.label()]).inc();
+    if let Some(worker) = handle.stop().await {
+        worker.finish().await;
     }
+    METRICS.phoenix_connections.dec();
+    tracing::debug!(reason = reason.label(), "socket closed");
 }
 
-/// Writes queued frames until the socket is killed, then says goodbye with its close code.
-async fn write(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut outbox: mpsc::Receiver<Utf8Bytes>,
-    handle: Arc<SocketHandle>,
-) {
-    loop {
-        let frame = tokio::select! {
-            () = handle.kill.cancelled() => break,
-            frame = outbox.recv() => frame,
-        };
-        let Some(frame) = frame else { return };
-        // A client that stops reading must not hold the socket open: the kill interrupts.
-        let sent = tokio::select! {
-            () = handle.kill.cancelled() => break,
-            sent = sink.send(Message::Text(frame)) => sent,
-        };
-        if sent.is_err() {
-            handle.kill.cancel();
+/// One text frame from the client: a heartbeat is answered at once, the rest queued for the
+/// worker.
+fn read(handle: &Arc<SocketHandle>, rate: &RateLimiter, text: &str) {
+    let frame = match codec::decode(text) {
+        Ok(frame) => frame,
+        Err(e) => {
+            // Without a readable ref there is nobody to reply to.
+            tracing::debug!(error = %e, "malformed frame ignored");
+            METRICS.inbound_errors.with_label_values(&["bad_request"]).inc();
             return;
         }
+    };
+    if frame.is_heartbeat() {
+        if let Ok(ack) = codec::reply(&frame, "ok", serde_json::json!({})) {
+            handle.send(Packet::new(ack.as_bytes()));
+        }
+        return;
     }
-    let code = match handle.close_code.load(Ordering::Relaxed) {
-        0 => return,
-        code => code,
-    };
-    let close = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(""),
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(close)))).await;
+    handle.enqueue(worker::Input::Frame(frame, rate.allow()));
 }

@@ -10,6 +10,7 @@ use crate::commands::{Caller, Command, Outcome, Verb, execute};
 use crate::domain::{DomainError, Live};
 use crate::inbound;
 use crate::metrics::METRICS;
+use engineio::{DisconnectReason, Packet};
 use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -17,7 +18,6 @@ use shared::phoenix::{self as codec, Frame};
 use shared::{ConversationId, UserId};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 /// What a socket's worker is asked to do.
@@ -143,25 +143,31 @@ impl Worker {
         }
     }
 
-    /// Runs until the socket is killed, then takes it out of the hub and presence.
-    pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
-        loop {
-            let input = tokio::select! {
-                () = self.handle.kill.cancelled() => break,
-                input = inbox.recv() => input,
-            };
+    /// Runs one input to its end. A panic is caught here so that the socket still leaves the
+    /// hub and presence: the socket is closed and [`Worker::finish`] runs as usual.
+    pub(super) async fn input(&mut self, input: Input) {
+        let ran = AssertUnwindSafe(async {
             match input {
-                Some(Input::Frame(frame, allowed)) => self.frame(frame, allowed).await,
-                Some(Input::Removed(conversation)) => self.removed(conversation).await,
-                None => break,
+                Input::Frame(frame, allowed) => self.frame(frame, allowed).await,
+                Input::Removed(conversation) => self.removed(conversation).await,
             }
+        })
+        .catch_unwind()
+        .await;
+        if ran.is_err() {
+            tracing::error!("socket worker panicked");
+            self.handle.close(DisconnectReason::ServerClose, super::TRY_AGAIN_LATER);
         }
+    }
+
+    /// Takes the closed socket out of the hub and presence.
+    pub(super) async fn finish(self) {
         self.adapter.domain.disconnect(&self.handle.local).await;
     }
 
     fn send(&self, frame: Result<String, serde_json::Error>) {
         match frame {
-            Ok(frame) => self.handle.send(frame.into()),
+            Ok(frame) => self.handle.send(Packet::new(frame.as_bytes())),
             Err(e) => tracing::warn!(error = %e, "frame not encoded"),
         }
     }

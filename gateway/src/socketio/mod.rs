@@ -20,7 +20,7 @@ use crate::domain::{Connection, Domain, DomainError, Local, Outlet, RateLimiter}
 use crate::metrics::METRICS;
 use axum::Router;
 use commands::{ErrorBody, Failure, INBOUND, Reply, Success};
-use engineio::{CloseReason, Config as EngineSettings, Engine, Handler, Session};
+use engineio::{Config as EngineSettings, DisconnectReason, Engine, Handler, Session};
 use futures::FutureExt;
 use packet::Kind;
 use pressure::Pressure;
@@ -121,7 +121,7 @@ impl Connection for SioSocket {
 
     fn shed(&self) {
         METRICS.outbound_dropped.inc();
-        self.session.close_now(CloseReason::SlowConsumer);
+        self.session.close_now(DisconnectReason::SlowConsumer);
     }
 
     fn removed(&self, conversation: &ConversationId) {
@@ -320,7 +320,7 @@ impl SocketIoAdapter {
         METRICS.connections.inc();
         if session.is_closed() {
             // The session ended while the domain registered the connection.
-            self.socket_gone(&socket, CloseReason::TransportClose);
+            self.socket_gone(&socket, DisconnectReason::TransportClose);
             return;
         }
         tracing::debug!(conn = %socket.conn.local.id, "connected");
@@ -329,7 +329,7 @@ impl SocketIoAdapter {
 
     /// A socket's end, whatever the cause: the domain told, once, after the commands already
     /// admitted (a join in flight is undone by it, never left behind).
-    fn socket_gone(&self, socket: &SioSocket, reason: CloseReason) {
+    fn socket_gone(&self, socket: &SioSocket, reason: DisconnectReason) {
         if socket.gone.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -357,7 +357,7 @@ impl SocketIoAdapter {
     /// the session with its last namespace.
     fn server_disconnect(&self, socket: &SioSocket) {
         socket.session.send(packet::disconnect(self.ns_name(socket.ns)));
-        self.socket_gone(socket, CloseReason::ServerClose);
+        self.socket_gone(socket, DisconnectReason::ServerClose);
         let empty = socket
             .session
             .data
@@ -366,7 +366,7 @@ impl SocketIoAdapter {
             .unwrap_or_else(PoisonError::into_inner)
             .is_empty();
         if empty {
-            socket.session.close_after_flush(CloseReason::ServerClose);
+            socket.session.close_after_flush(DisconnectReason::ServerClose);
         }
     }
 
@@ -465,7 +465,7 @@ impl SocketIoAdapter {
         tracing::info!(sessions = sessions.len(), per_batch, "closing client transports");
         for batch in sessions.chunks(per_batch) {
             for session in batch {
-                session.close_now(CloseReason::Draining);
+                session.close_now(DisconnectReason::Draining);
             }
             tokio::time::sleep(pause).await;
         }
@@ -501,7 +501,7 @@ impl Handler for SocketIoAdapter {
                 tokio::spawn(self.clone().connect(session.clone(), ns, auth));
             }
             (Kind::Event, Some(socket)) => self.event(socket, p.ack, p.data),
-            (Kind::Disconnect, Some(socket)) => self.socket_gone(&socket, CloseReason::ClientClose),
+            (Kind::Disconnect, Some(socket)) => self.socket_gone(&socket, DisconnectReason::ClientClose),
             (Kind::BinaryEvent, socket) => {
                 session.data.skip_binary.store(p.attachments, Ordering::Relaxed);
                 if let Some(socket) = socket {
@@ -524,7 +524,7 @@ impl Handler for SocketIoAdapter {
         }
     }
 
-    fn on_close(self: &Arc<Self>, session: &Arc<Session<SioSession>>, reason: CloseReason) {
+    fn on_close(self: &Arc<Self>, session: &Arc<Session<SioSession>>, reason: DisconnectReason) {
         let sockets = session
             .data
             .sockets

@@ -1,0 +1,475 @@
+//! A plain WebSocket (RFC 6455) without Engine.IO, for protocols that bring their own framing
+//! of messages (Phoenix Channels): the same handshake check, TCP takeover, direct writes,
+//! bounded outbox and `writev` flushes as an Engine.IO session, and one task per socket.
+//!
+//! [`accept`] checks the handshake and answers it; the returned [`Upgrade`] becomes a
+//! [`WebSocket`] (the sending side, shared with whoever pushes to the client) and a
+//! [`Reading`] (the one task: reads, idle timeout, writes that had to wait, the close).
+
+use crate::close::DisconnectReason;
+use crate::frame::{self, Incoming};
+use crate::net::ConnInfo;
+use crate::outbox::{Flushed, Outbox, Pushed};
+use crate::packet::Packet;
+use crate::stats;
+use crate::transport::ws::{READ_CHUNK, drain_upgraded, handshake_accept, shutdown};
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long a closing socket may take to write what is queued and its close frame.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+
+/// Close code: normal closure, the answer to a client's close frame.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: going away (an idle client, a kick); browsers' clients reconnect.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: try again later (a slow consumer, the server unavailable).
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// Limits and close codes of plain WebSockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsConfig {
+    /// The largest message a client may send, in bytes; beyond it the socket closes with
+    /// 1009 and [`DisconnectReason::TooBig`]. Default 1,000,000.
+    pub max_payload: usize,
+    /// Frames a socket may hold that the kernel did not take at once; a frame that finds the
+    /// queue full closes the socket with `slow_consumer_code` and
+    /// [`DisconnectReason::SlowConsumer`]. At least 1; default 1024.
+    pub max_queue: usize,
+    /// How long a client may send no frame at all (pings included) before the socket closes
+    /// with `idle_code` and [`DisconnectReason::IdleTimeout`]; `None` never. Default 60 s.
+    pub idle_timeout: Option<Duration>,
+    /// The close code of an idle timeout. Default 1001.
+    pub idle_code: u16,
+    /// The close code of a slow consumer. Default 1013.
+    pub slow_consumer_code: u16,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_payload: 1_000_000,
+            max_queue: 1024,
+            idle_timeout: Some(Duration::from_secs(60)),
+            idle_code: CLOSE_GOING_AWAY,
+            slow_consumer_code: CLOSE_TRY_AGAIN_LATER,
+        }
+    }
+}
+
+/// Why a request cannot become a WebSocket.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// Not a version 13 upgrade request with a key.
+    #[error("not a WebSocket handshake")]
+    NotWebSocket,
+    /// The HTTP connection cannot be taken over (HTTP/2, or already upgraded).
+    #[error("connection cannot be upgraded")]
+    NotUpgradable,
+}
+
+impl HandshakeError {
+    /// The HTTP status that answers it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandshakeError::NotWebSocket => StatusCode::BAD_REQUEST,
+            HandshakeError::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
+        }
+    }
+}
+
+/// A checked handshake whose 101 answer has not yet reached the client.
+pub struct Upgrade {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    tcp: Arc<TcpStream>,
+}
+
+/// Checks a WebSocket handshake and builds its 101 answer, with the first subprotocol the
+/// client offers that is among `protocols` (none when it offers none of them). The server
+/// must run with [`ConnInfo`] as its connect info: the socket takes the TCP stream over.
+pub fn accept(
+    request: &mut Request,
+    info: &ConnInfo,
+    protocols: &[&'static str],
+) -> Result<(Response, Upgrade), HandshakeError> {
+    let headers = request.headers();
+    let accept = handshake_accept(headers).ok_or(HandshakeError::NotWebSocket)?;
+    let protocol = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|offered| protocols.iter().find(|p| **p == offered));
+    let on_upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or(HandshakeError::NotUpgradable)?;
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = protocol {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    let response = response
+        .body(axum::body::Body::empty())
+        .map_err(|_| HandshakeError::NotWebSocket)?;
+    let upgrade = Upgrade {
+        on_upgrade,
+        tcp: info.stream.clone(),
+    };
+    Ok((response, upgrade))
+}
+
+impl Upgrade {
+    /// Waits for the 101 to go out and takes the connection over; `None` when the client
+    /// went away first.
+    pub async fn open(self, config: WsConfig) -> Option<(Arc<WebSocket>, Reading)> {
+        let upgraded = match self.on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return None;
+            }
+        };
+        // Bytes hyper read past the request (a client that did not wait for the 101) are the
+        // socket's first frames; they are read when the socket runs.
+        let mut early = Vec::new();
+        let drained = drain_upgraded(upgraded, |data| {
+            early.extend_from_slice(data);
+            Ok(())
+        });
+        let socket = Arc::new(WebSocket {
+            tcp: self.tcp,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            max_queue: config.max_queue.max(1),
+            slow_consumer_code: config.slow_consumer_code,
+        });
+        if let Err(reason) = drained {
+            socket.close_now(reason, None);
+        }
+        let reading = Reading {
+            socket: socket.clone(),
+            config,
+            reader: frame::Reader::default(),
+            early,
+        };
+        Some((socket, reading))
+    }
+}
+
+/// How a socket closes.
+#[derive(Debug, Clone, Copy)]
+struct Close {
+    reason: DisconnectReason,
+    /// The close frame's code; none for a connection already lost.
+    code: Option<u16>,
+    /// The close frame's reason text.
+    text: &'static str,
+    /// Whether what is queued goes out before the close frame.
+    flush: bool,
+}
+
+#[derive(Default)]
+struct State {
+    out: Outbox,
+    closing: Option<Close>,
+    /// The handler asked for no more messages until it resumes reading.
+    paused: bool,
+}
+
+/// The sending side of a plain WebSocket, shared by whoever writes to the client.
+pub struct WebSocket {
+    tcp: Arc<TcpStream>,
+    state: Mutex<State>,
+    /// Wakes the socket's task: something queued, a close, reading resumed.
+    wake: Notify,
+    max_queue: usize,
+    slow_consumer_code: u16,
+}
+
+impl WebSocket {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends one text frame (built with [`Packet::new`], shareable by many sockets): written
+    /// to the socket at once when nothing waits before it, queued otherwise. A full queue
+    /// closes the socket as a slow consumer.
+    pub fn send(&self, packet: Packet) {
+        let mut st = self.state();
+        if st.closing.is_some() {
+            return;
+        }
+        match st.out.push(Some(&self.tcp), packet, self.max_queue) {
+            Pushed::Done => {}
+            Pushed::Queued => {
+                drop(st);
+                self.wake.notify_one();
+            }
+            Pushed::Full => {
+                stats::count_outbound_dropped();
+                tracing::info!("closing a slow consumer");
+                st.closing = Some(Close {
+                    reason: DisconnectReason::SlowConsumer,
+                    code: Some(self.slow_consumer_code),
+                    text: "",
+                    flush: false,
+                });
+                drop(st);
+                self.wake.notify_one();
+            }
+            Pushed::Failed => {
+                st.closing = Some(Close {
+                    reason: DisconnectReason::TransportError,
+                    code: None,
+                    text: "",
+                    flush: false,
+                });
+                drop(st);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Closes the socket after writing what is queued: then a close frame with `code`, then
+    /// the TCP connection is shut down. The first close wins.
+    pub fn close(&self, reason: DisconnectReason, code: u16) {
+        self.close_with(reason, code, "", true);
+    }
+
+    /// [`WebSocket::close`] with a reason text in the close frame (at most 123 bytes: longer
+    /// is cut), and without the queue when `flush` is false.
+    pub fn close_with(&self, reason: DisconnectReason, code: u16, text: &'static str, flush: bool) {
+        self.set_closing(Close {
+            reason,
+            code: Some(code),
+            text,
+            flush,
+        });
+    }
+
+    /// Closes the socket without writing what is queued (a frame already begun is finished):
+    /// a close frame with `code` when given, then shutdown.
+    pub fn close_now(&self, reason: DisconnectReason, code: Option<u16>) {
+        self.set_closing(Close {
+            reason,
+            code,
+            text: "",
+            flush: false,
+        });
+    }
+
+    fn set_closing(&self, close: Close) {
+        self.state().closing.get_or_insert(close);
+        self.wake.notify_one();
+    }
+
+    /// Whether the socket is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        self.state().closing.is_some()
+    }
+
+    /// Stops reading the client's frames (after those already read) until
+    /// [`WebSocket::resume_reading`]: backpressure for a handler whose own queue is full.
+    /// The idle timeout does not run meanwhile.
+    pub fn pause_reading(&self) {
+        self.state().paused = true;
+    }
+
+    /// Reads the client's frames again.
+    pub fn resume_reading(&self) {
+        self.state().paused = false;
+        self.wake.notify_one();
+    }
+}
+
+/// A plain WebSocket's one task; see [`Reading::run`].
+pub struct Reading {
+    socket: Arc<WebSocket>,
+    config: WsConfig,
+    reader: frame::Reader,
+    early: Vec<u8>,
+}
+
+impl Reading {
+    /// Runs the socket until it closes, handing each text message to `on_text` (from this
+    /// task: it must not block). Answers pings, ignores binary messages, closes an idle
+    /// client, writes what could not be written at once, and returns why the socket ended.
+    pub async fn run(mut self, mut on_text: impl FnMut(&str)) -> DisconnectReason {
+        let socket = self.socket.clone();
+        let tcp = socket.tcp.clone();
+        let mut early = std::mem::take(&mut self.early);
+        if !early.is_empty()
+            && let Err(close) = self.frames(&mut early, &mut on_text)
+        {
+            socket.set_closing(close);
+        }
+        drop(early);
+        let idle = self.config.idle_timeout.unwrap_or(Duration::MAX);
+        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        let deadline = |from: Instant| from.checked_add(idle).unwrap_or_else(far);
+        let sleep = tokio::time::sleep_until(deadline(Instant::now()));
+        tokio::pin!(sleep);
+        let mut was_paused = false;
+        let close = loop {
+            let (closing, paused) = {
+                let st = socket.state();
+                (st.closing, st.paused)
+            };
+            if let Some(close) = closing {
+                break close;
+            }
+            if was_paused && !paused {
+                sleep.as_mut().reset(deadline(Instant::now()));
+            }
+            was_paused = paused;
+            let blocked = match socket.state().out.flush(&tcp) {
+                Ok(Flushed::Empty) => false,
+                Ok(Flushed::Blocked) => true,
+                Err(_) => break lost(DisconnectReason::TransportError),
+            };
+            tokio::select! {
+                ready = tcp.readable(), if !paused => {
+                    if ready.is_err() {
+                        break lost(DisconnectReason::TransportError);
+                    }
+                    match self.read_now(&mut on_text) {
+                        Ok(true) => sleep.as_mut().reset(deadline(Instant::now())),
+                        Ok(false) => {}
+                        Err(close) => break close,
+                    }
+                }
+                () = socket.wake.notified() => {}
+                ready = tcp.writable(), if blocked => {
+                    if ready.is_err() {
+                        break lost(DisconnectReason::TransportError);
+                    }
+                }
+                () = &mut sleep, if !paused => break Close {
+                    reason: DisconnectReason::IdleTimeout,
+                    code: Some(self.config.idle_code),
+                    text: "",
+                    flush: true,
+                },
+            }
+        };
+        // Whatever ended the loop, later sends are refused from here on.
+        let close = *socket.state().closing.get_or_insert(close);
+        say_goodbye(&socket, close).await;
+        shutdown(&tcp);
+        close.reason
+    }
+
+    /// Reads every byte available now; whether any came.
+    fn read_now(&mut self, on_text: &mut impl FnMut(&str)) -> Result<bool, Close> {
+        let mut any = false;
+        loop {
+            let mut buf = [0u8; READ_CHUNK];
+            match self.socket.tcp.try_read(&mut buf) {
+                Ok(0) => return Err(lost(DisconnectReason::TransportClose)),
+                Ok(n) => {
+                    any = true;
+                    self.frames(&mut buf[..n], on_text)?;
+                    // A paused or closing socket reads no further: what stays unread is the
+                    // client's backpressure.
+                    let st = self.socket.state();
+                    if st.paused || st.closing.is_some() {
+                        return Ok(true);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(any),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(lost(DisconnectReason::TransportError)),
+            }
+        }
+    }
+
+    /// Handles the client frames in `data`.
+    fn frames(&mut self, data: &mut [u8], on_text: &mut impl FnMut(&str)) -> Result<(), Close> {
+        let socket = &self.socket;
+        let mut client_closed = false;
+        let fed = self.reader.feed(data, self.config.max_payload, &mut |m| match m {
+            // Messages after a close (the handler's own, or the client's) are not handled.
+            Incoming::Text(text) if !client_closed && !socket.is_closed() => on_text(text),
+            Incoming::Text(_) => {}
+            Incoming::Binary(_) => tracing::debug!("binary message ignored"),
+            Incoming::Ping(payload) => socket.send(Packet::control(frame::OP_PONG, payload)),
+            Incoming::Pong => {}
+            Incoming::Close => client_closed = true,
+        });
+        if let Err(e) = fed {
+            tracing::debug!(error = %e, "closing a websocket");
+            let reason = match e {
+                frame::WsError::TooBig => DisconnectReason::TooBig,
+                _ => DisconnectReason::TransportError,
+            };
+            return Err(Close {
+                reason,
+                code: Some(e.close_code()),
+                text: "",
+                flush: false,
+            });
+        }
+        if client_closed {
+            return Err(Close {
+                reason: DisconnectReason::ClientClose,
+                code: Some(CLOSE_NORMAL),
+                text: "",
+                flush: false,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A connection that ended without a goodbye.
+fn lost(reason: DisconnectReason) -> Close {
+    Close {
+        reason,
+        code: None,
+        text: "",
+        flush: false,
+    }
+}
+
+/// Writes what a close keeps of the queue, then the close frame, within [`FLUSH_ON_CLOSE`]:
+/// a client that stopped reading must not hold the socket open.
+async fn say_goodbye(socket: &WebSocket, close: Close) {
+    {
+        let mut st = socket.state();
+        if !close.flush {
+            st.out.drop_unstarted();
+        }
+        match close.code {
+            Some(code) => {
+                let mut payload = code.to_be_bytes().to_vec();
+                let text = close.text.as_bytes();
+                payload.extend_from_slice(&text[..text.len().min(123)]);
+                st.out.queue.push_back(Packet::control(frame::OP_CLOSE, &payload));
+            }
+            // A lost connection takes nothing more.
+            None => return,
+        }
+    }
+    let tcp = &socket.tcp;
+    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, async {
+        loop {
+            let flushed = socket.state().out.flush(tcp);
+            if !matches!(flushed, Ok(Flushed::Blocked)) || tcp.writable().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+}
