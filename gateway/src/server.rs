@@ -149,14 +149,29 @@ impl Node {
     }
 }
 
+/// Connections the kernel may hold for the node before it accepts them. tokio's default (1,024)
+/// overflowed in a connect storm of 10,000 clients (512 at a time, 2 nodes, one worker thread
+/// each): the kernel dropped SYNs and those clients waited out the 1 s retransmit. The kernel
+/// caps it at `net.core.somaxconn` (4,096 on these machines).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Runs a node until SIGTERM or Ctrl-C, then drains within `--shutdown-grace`.
 pub async fn run(config: Config) -> Result<(), ServeError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let bind = |addr: SocketAddr| {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As TcpListener::bind does: a restarted node binds while old connections linger.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    let listener = bind(config.listen).map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     serve(config, listener, wait_for_signal()).await
 }
 
