@@ -142,6 +142,15 @@ impl Domain {
         self.hub.add_outlet(outlet)
     }
 
+    /// Runs `task` among the node's tasks: a stopping node waits for it (within a bound)
+    /// instead of leaving it detached.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
     /// Local connections, for the drain.
     pub fn local_connections(&self) -> Vec<Arc<dyn Connection>> {
         self.hub.connections()

@@ -81,7 +81,8 @@ impl SocketHandle {
         inbox.running = true;
         drop(inbox);
         let span = tracing::info_span!("phx_socket", conn = %self.local.id, user = %self.user);
-        tokio::spawn(self.clone().work(worker).instrument(span));
+        let domain = worker.domain().clone();
+        domain.spawn(self.clone().work(worker).instrument(span));
     }
 
     /// One worker run: the inputs, in order, until the inbox is empty.

@@ -340,7 +340,8 @@ async fn upgrade(
     let id = adapter.next_id.fetch_add(1, Ordering::Relaxed);
     let conn = ConnId(format!("{}:phx:{id}", adapter.settings.node_id));
     let span = tracing::info_span!("phx_socket", conn = %conn, user = %who.user_id);
-    tokio::spawn(
+    let domain = adapter.domain.clone();
+    domain.spawn(
         async move {
             if let Some((socket, reading)) = upgrade.open(adapter.settings.websocket.clone()).await {
                 run(adapter, socket, reading, conn, who).await;

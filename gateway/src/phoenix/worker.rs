@@ -132,6 +132,11 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// The domain, whose task tracker runs the worker.
+    pub(super) fn domain(&self) -> &Arc<crate::domain::Domain> {
+        &self.adapter.domain
+    }
+
     pub(super) fn new(adapter: Arc<PhoenixAdapter>, handle: Arc<SocketHandle>, who: Identity) -> Self {
         Self {
             adapter,

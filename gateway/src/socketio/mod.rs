@@ -130,7 +130,8 @@ impl Connection for SioSocket {
         };
         let mut ticket = self.conn.order.ticket();
         let (local, conversation) = (self.conn.local.clone(), conversation.clone());
-        tokio::spawn(async move {
+        let domain = adapter.ctx.domain.clone();
+        domain.spawn(async move {
             ticket.wait().await;
             if let Err(e) = adapter.ctx.domain.leave(&local, &who, &conversation).await {
                 tracing::warn!(conn = %local.id, error = %e, "removed member not taken out of presence");
@@ -346,7 +347,7 @@ impl SocketIoAdapter {
         let mut ticket = socket.conn.order.ticket();
         let domain = self.ctx.domain.clone();
         let local = socket.conn.local.clone();
-        tokio::spawn(async move {
+        self.ctx.domain.spawn(async move {
             ticket.wait().await;
             tracing::debug!(conn = %local.id, ?reason, "disconnected");
             domain.disconnect(&local).await;
@@ -375,7 +376,9 @@ impl SocketIoAdapter {
         let ticket = socket.conn.order.ticket();
         let allowed = socket.conn.rate.allow();
         let parsed = packet::event_args(data);
-        tokio::spawn(self.clone().handle(socket, ack, parsed, allowed, ticket));
+        self.ctx
+            .domain
+            .spawn(self.clone().handle(socket, ack, parsed, allowed, ticket));
     }
 
     /// Runs one event after the previous one of its connection: rate limit, payload, command,
@@ -498,7 +501,7 @@ impl Handler for SocketIoAdapter {
         match (p.kind, socket) {
             (Kind::Connect, None) => {
                 let auth = serde_json::from_str(p.data).ok();
-                tokio::spawn(self.clone().connect(session.clone(), ns, auth));
+                self.ctx.domain.spawn(self.clone().connect(session.clone(), ns, auth));
             }
             (Kind::Event, Some(socket)) => self.event(socket, p.ack, p.data),
             (Kind::Disconnect, Some(socket)) => self.socket_gone(&socket, DisconnectReason::ClientClose),
