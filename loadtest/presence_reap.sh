@@ -15,6 +15,6 @@ CIRCLES=${CIRCLES:-"1000 10000"}
 TTL_MS=${TTL_MS:-3000}
 for circle in $CIRCLES; do
   PRESENCE_REAP_USERS=$USERS PRESENCE_REAP_CIRCLE=$circle PRESENCE_REAP_TTL_MS=$TTL_MS \
-    cargo test ${PROFILE:-} -p gateway --lib presence_reap_scale -- --ignored --nocapture --test-threads=1 2>&1 |
+    cargo test ${PROFILE:-} -p gateway --lib presence_reap_scale -- --nocapture --test-threads=1 2>&1 |
     grep -oE 'presence_reap users=.*|panicked.*|test result.*'
 done

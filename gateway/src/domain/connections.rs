@@ -117,9 +117,7 @@ impl Domain {
             if registered_ok {
                 self.presence.disconnect(&local.id).await.ok();
             }
-            if self.hub.leave(local.key, &topic) {
-                self.hub.sync(&topic).await;
-            }
+            self.unfile(local.key, &topic).await;
             return Err(e);
         }
         Ok(())
@@ -165,10 +163,6 @@ impl Domain {
         // Filed (waiting) and subscribed before anything is read, so that nothing stored from
         // now on is missed; what arrives meanwhile waits for the answer.
         let filed = self.hub.join(local.key, &topic, true)?;
-        let undo = |domain: &Self| {
-            let emptied = !filed.already && domain.hub.leave(local.key, &topic);
-            (emptied, topic.clone())
-        };
         self.hub.sync(&topic).await;
         if filed.unsettled {
             self.settle(conversation).await;
@@ -179,9 +173,8 @@ impl Domain {
             Err(e) => {
                 // A timed-out join may still be applied: take it back, idempotently.
                 self.presence.leave(&local.id, conversation).await.ok();
-                let (emptied, topic) = undo(self);
-                if emptied {
-                    self.hub.sync(&topic).await;
+                if !filed.already {
+                    self.unfile(local.key, &topic).await;
                 }
                 return Err(e.into());
             }
@@ -208,9 +201,8 @@ impl Domain {
                 if change.connection {
                     self.presence.leave(&local.id, conversation).await.ok();
                 }
-                let (emptied, topic) = undo(self);
-                if emptied {
-                    self.hub.sync(&topic).await;
+                if !filed.already {
+                    self.unfile(local.key, &topic).await;
                 }
                 return Err(e);
             }
@@ -250,6 +242,13 @@ impl Domain {
         })
     }
 
+    /// Takes a connection out of a topic here; the bus follows when it was the last member.
+    async fn unfile(&self, key: u64, topic: &Topic) {
+        if self.hub.leave(key, topic) {
+            self.hub.sync(topic).await;
+        }
+    }
+
     /// The latest seq stored in a conversation, as the baseline of its release order here.
     async fn settle(&self, conversation: &ConversationId) {
         let query = HistoryQuery {
@@ -268,10 +267,7 @@ impl Domain {
 
     /// Takes a connection out of a conversation.
     pub async fn leave(&self, local: &Local, who: &Identity, conversation: &ConversationId) -> Result<(), DomainError> {
-        let topic = Topic::Conversation(conversation.clone());
-        if self.hub.leave(local.key, &topic) {
-            self.hub.sync(&topic).await;
-        }
+        self.unfile(local.key, &Topic::Conversation(conversation.clone())).await;
         let change = self.presence.leave(&local.id, conversation).await?;
         if change.connection {
             let entry = roster_entry(&local.id, &who.user_id, change.status, Utc::now());
@@ -332,10 +328,8 @@ impl Domain {
 mod tests {
     use super::*;
     use crate::bus::{Bus, BusError, MemoryBus};
-    use crate::domain::tests::{attached, who};
-    use crate::domain::{Backends, Rules};
+    use crate::domain::tests::{attached, claims_domain, who};
     use crate::presence::{MemoryPresence, Presence};
-    use crate::store::SqlStore;
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 
@@ -370,20 +364,14 @@ mod tests {
             down: false.into(),
         });
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new("n1".into()));
-        let store = Arc::new(SqlStore::connect("sqlite::memory:").await?);
-        store.migrate().await?;
-        let backends = Backends {
-            bus: bus.clone(),
-            presence: presence.clone(),
-            conversations: store.clone(),
-            messages: store,
-        };
-        let rules = Rules {
-            access: AccessMode::Claims,
-            offline_grace: std::time::Duration::from_secs(1),
-            max_message_bytes: 8192,
-        };
-        let domain = Domain::new(backends, rules, TaskTracker::new(), CancellationToken::new());
+        let domain = claims_domain(
+            bus.clone(),
+            presence.clone(),
+            std::time::Duration::from_secs(1),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+        .await?;
         let bob = attached(&domain, "b1", "bob");
         domain.connect(&bob, &who("bob")).await?;
         bus.down.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -396,6 +396,30 @@ pub(crate) mod tests {
         fn removed(&self, _: &ConversationId) {}
     }
 
+    /// A domain in `claims` mode over `bus` and `presence`, with an in-memory SQLite store.
+    pub(crate) async fn claims_domain(
+        bus: Arc<dyn Bus>,
+        presence: Arc<dyn Presence>,
+        offline_grace: Duration,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Domain, StoreError> {
+        let store = Arc::new(SqlStore::connect("sqlite::memory:").await?);
+        store.migrate().await?;
+        let backends = Backends {
+            bus,
+            presence,
+            conversations: store.clone(),
+            messages: store,
+        };
+        let rules = Rules {
+            access: AccessMode::Claims,
+            offline_grace,
+            max_message_bytes: 8192,
+        };
+        Ok(Domain::new(backends, rules, tasks, shutdown))
+    }
+
     pub(crate) fn attached(domain: &Domain, id: &str, user: &str) -> Local {
         let local = domain.local(ConnId(id.into()));
         domain.attach(&local, Arc::new(Quiet(user.into())));
@@ -417,20 +441,7 @@ pub(crate) mod tests {
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new("n1".into()));
         let grace = Duration::from_secs(3);
         let tasks = TaskTracker::new();
-        let store = Arc::new(SqlStore::connect("sqlite::memory:").await?);
-        store.migrate().await?;
-        let backends = Backends {
-            bus,
-            presence,
-            conversations: store.clone(),
-            messages: store,
-        };
-        let rules = Rules {
-            access: AccessMode::Claims,
-            offline_grace: grace,
-            max_message_bytes: 8192,
-        };
-        let domain = Domain::new(backends, rules, tasks.clone(), CancellationToken::new());
+        let domain = claims_domain(bus, presence, grace, tasks.clone(), CancellationToken::new()).await?;
         // The store is set up on the real clock; the grace runs on a paused one.
         tokio::time::pause();
         let (b1, a1, a2) = (

@@ -8,8 +8,9 @@ use super::hub::{Connection, Delivered, Hub, Watched};
 use super::order::{GAP_WAIT, MAX_FILLS};
 use crate::bus::LocalSink;
 use crate::metrics::METRICS;
-use crate::store::{HistoryQuery, MessageStore};
+use crate::store::{HistoryQuery, MessageStore, StoreError};
 use async_trait::async_trait;
+use shared::event::Message;
 use shared::{ConversationId, Delivery, Event, Topic, UserId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,15 +62,10 @@ impl LocalSink for Domain {
         );
         for (conversation, last) in conversations {
             let Some(after) = last else { continue };
-            let query = HistoryQuery {
-                before: None,
-                after: Some(after),
-                limit: crate::domain::messages::MAX_PAGE,
-            };
-            match self.messages.history(&conversation, query).await {
-                Ok(page) if !page.messages.is_empty() => {
-                    METRICS.bus_recovered.inc_by(page.messages.len() as u64);
-                    let delivered = self.hub.fill_gap(&conversation, page.messages, false);
+            match stored_after(self.messages.as_ref(), &conversation, after).await {
+                Ok(found) if !found.is_empty() => {
+                    METRICS.bus_recovered.inc_by(found.len() as u64);
+                    let delivered = self.hub.fill_gap(&conversation, found, false);
                     self.after_delivery(delivered);
                 }
                 Ok(_) => {}
@@ -86,10 +82,29 @@ impl Domain {
             self.tasks
                 .spawn(fill_gap(hub, messages, watched, conversation, self.shutdown.clone()));
         }
-        for w in delivered.watched {
-            if self.watched.try_send(w).is_err() {
-                METRICS.outbound_dropped.inc();
-            }
+        queue_watched(&self.watched, delivered.watched);
+    }
+}
+
+/// What the store has of a conversation after `after`, a page at most.
+async fn stored_after(
+    messages: &dyn MessageStore,
+    conversation: &ConversationId,
+    after: i64,
+) -> Result<Vec<Message>, StoreError> {
+    let query = HistoryQuery {
+        before: None,
+        after: Some(after),
+        limit: crate::domain::messages::MAX_PAGE,
+    };
+    Ok(messages.history(conversation, query).await?.messages)
+}
+
+/// Hands messages with watchers to the watcher task; a full queue drops them (counted).
+fn queue_watched(queue: &mpsc::Sender<Watched>, watched: Vec<Watched>) {
+    for w in watched {
+        if queue.try_send(w).is_err() {
+            METRICS.outbound_dropped.inc();
         }
     }
 }
@@ -111,24 +126,15 @@ async fn fill_gap(
         let Some(after) = hub.gap_after(&conversation) else {
             return;
         };
-        let query = HistoryQuery {
-            before: None,
-            after: Some(after),
-            limit: crate::domain::messages::MAX_PAGE,
-        };
-        let (found, last_try) = match messages.history(&conversation, query).await {
-            Ok(page) => (page.messages, attempt == MAX_FILLS),
+        let (found, last_try) = match stored_after(messages.as_ref(), &conversation, after).await {
+            Ok(found) => (found, attempt == MAX_FILLS),
             Err(e) => {
                 tracing::warn!(%conversation, error = %e, "gap not read from the store; skipped");
                 (Vec::new(), true)
             }
         };
         tracing::debug!(%conversation, after, found = found.len(), attempt, "seq gap read from the store");
-        for w in hub.fill_gap(&conversation, found, last_try).watched {
-            if watched.try_send(w).is_err() {
-                METRICS.outbound_dropped.inc();
-            }
-        }
+        queue_watched(&watched, hub.fill_gap(&conversation, found, last_try).watched);
         if last_try {
             // Ends the fill (nothing is held any more) so that a new gap schedules a new one.
             hub.gap_after(&conversation);

@@ -1,13 +1,12 @@
 //! Departures in a cluster, against a real Redis: every node here is a `Domain` over a
 //! `RedisPresence`, with a bus that records what it publishes.
 
-use super::super::{Backends, Domain, Rules};
+use super::super::Domain;
 use crate::bus::{Bus, BusError};
-use crate::config::AccessMode;
+use crate::domain::tests::claims_domain;
 use crate::presence::{ConnectionEntry, Presence, RedisPresence};
 use crate::redis::Redis;
 use crate::redis::test_server::{TestRedis, run, slow_commands, watch_slow};
-use crate::store::SqlStore;
 use futures::{StreamExt, TryStreamExt};
 use shared::{Delivery, Event, Topic, UserId};
 use std::collections::HashMap;
@@ -74,21 +73,15 @@ async fn node(
     let redis = Redis::connect(url, prefix, Duration::from_secs(5)).await?;
     let presence = Arc::new(RedisPresence::start(redis, id.into(), ttl).await?);
     let bus = Arc::new(Recording::default());
-    let store = Arc::new(SqlStore::connect("sqlite::memory:").await?);
-    store.migrate().await?;
     let shutdown = CancellationToken::new();
-    let backends = Backends {
-        bus: bus.clone(),
-        presence: presence.clone(),
-        conversations: store.clone(),
-        messages: store,
-    };
-    let rules = Rules {
-        access: AccessMode::Claims,
-        offline_grace: grace,
-        max_message_bytes: 8192,
-    };
-    let domain = Domain::new(backends, rules, TaskTracker::new(), shutdown.clone());
+    let domain = claims_domain(
+        bus.clone(),
+        presence.clone(),
+        grace,
+        TaskTracker::new(),
+        shutdown.clone(),
+    )
+    .await?;
     Ok(Node {
         presence,
         bus,
