@@ -23,11 +23,15 @@ pub enum DisconnectReason {
     TooBig,
     /// The server is draining.
     Draining,
+    /// A packet the protocol's parser refuses (the reference server's `parse error`).
+    ParseError,
+    /// No namespace connected within the connect timeout (Socket.IO).
+    ConnectTimeout,
 }
 
 impl DisconnectReason {
     /// Every reason, for documentation tests and for metrics that pre-create their labels.
-    pub const ALL: [DisconnectReason; 9] = [
+    pub const ALL: [DisconnectReason; 11] = [
         DisconnectReason::TransportClose,
         DisconnectReason::TransportError,
         DisconnectReason::HeartbeatTimeout,
@@ -37,6 +41,8 @@ impl DisconnectReason {
         DisconnectReason::SlowConsumer,
         DisconnectReason::TooBig,
         DisconnectReason::Draining,
+        DisconnectReason::ParseError,
+        DisconnectReason::ConnectTimeout,
     ];
 
     /// A short stable name, for metric labels and logs.
@@ -51,6 +57,8 @@ impl DisconnectReason {
             DisconnectReason::SlowConsumer => "slow_consumer",
             DisconnectReason::TooBig => "message_too_big",
             DisconnectReason::Draining => "draining",
+            DisconnectReason::ParseError => "parse_error",
+            DisconnectReason::ConnectTimeout => "connect_timeout",
         }
     }
 }
@@ -62,12 +70,15 @@ pub(crate) enum Closing {
     Flush(DisconnectReason),
     /// Drop what is queued.
     Now(DisconnectReason),
+    /// The client sent Engine.IO's close: a pending poll ends with a noop.
+    Client,
 }
 
 impl Closing {
     pub(crate) fn reason(self) -> DisconnectReason {
         match self {
             Closing::Flush(r) | Closing::Now(r) => r,
+            Closing::Client => DisconnectReason::ClientClose,
         }
     }
 }

@@ -25,6 +25,30 @@ pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_NOT_UTF8: u16 = 1007;
 /// Close code for a message over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a normal close, and the answer to a close frame without a code.
+pub const CLOSE_NORMAL: u16 = 1000;
+
+/// Whether a client may send `code` in a close frame (RFC 6455 §7.4: the defined codes a peer
+/// may send, and the ranges for libraries and applications).
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The status code of a client's close frame payload, checked.
+fn close_payload(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(WsError::Protocol("close frame of one byte")),
+        [a, b, reason @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            if !close_code_allowed(code) {
+                return Err(WsError::Protocol("close code not allowed"));
+            }
+            std::str::from_utf8(reason).map_err(|_| WsError::NotUtf8)?;
+            Ok(Some(code))
+        }
+    }
+}
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &[u8]) -> String {
@@ -117,8 +141,9 @@ pub enum Incoming<'a> {
     Ping(&'a [u8]),
     /// A pong.
     Pong,
-    /// The client's close frame.
-    Close,
+    /// The client's close frame, with its status code if it gave one (a valid one: a close
+    /// frame with a code RFC 6455 forbids, or a reason that is not UTF-8, is an error).
+    Close(Option<u16>),
 }
 
 /// Reassembles client frames from the bytes as they arrive. Holds memory only while a frame
@@ -130,6 +155,9 @@ pub struct Reader {
     /// A fragmented message being assembled, and its opcode.
     message: Vec<u8>,
     message_opcode: Option<u8>,
+    /// How much of a fragmented text message is known to be UTF-8: each fragment is checked
+    /// as it comes, so a bad one fails at once.
+    checked: usize,
 }
 
 /// One parsed frame header: where the payload is, and its mask.
@@ -157,6 +185,8 @@ fn parse_head(data: &[u8], max: usize) -> Result<Option<FrameHead>, WsError> {
             None => return Ok(None),
         },
         127 => match data.get(2..10) {
+            // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
+            Some(b) if b[0] & 0x80 != 0 => return Err(WsError::Protocol("64-bit length with its top bit set")),
             Some(b) => {
                 let mut a = [0u8; 8];
                 a.copy_from_slice(b);
@@ -232,7 +262,7 @@ impl Reader {
             unmask(payload, head.mask);
             match head.opcode {
                 OP_CLOSE => {
-                    on(Incoming::Close);
+                    on(Incoming::Close(close_payload(payload)?));
                     return Ok(data.len());
                 }
                 OP_PING => on(Incoming::Ping(payload)),
@@ -244,6 +274,7 @@ impl Reader {
                 OP_TEXT | OP_BINARY => {
                     self.message_opcode = Some(head.opcode);
                     self.message.extend_from_slice(payload);
+                    self.check_fragment(head.opcode)?;
                 }
                 OP_CONTINUATION => {
                     let Some(opcode) = self.message_opcode else {
@@ -253,9 +284,11 @@ impl Reader {
                         return Err(WsError::TooBig);
                     }
                     self.message.extend_from_slice(payload);
+                    self.check_fragment(opcode)?;
                     if head.fin {
                         let message = std::mem::take(&mut self.message);
                         self.message_opcode = None;
+                        self.checked = 0;
                         deliver(opcode, &message, on)?;
                     }
                 }
@@ -263,6 +296,23 @@ impl Reader {
             }
         }
         Ok(used)
+    }
+}
+
+impl Reader {
+    /// Checks the text received so far of a fragmented message: only a sequence cut at the
+    /// end (its next fragment may complete it) is not an error yet.
+    fn check_fragment(&mut self, opcode: u8) -> Result<(), WsError> {
+        if opcode != OP_TEXT {
+            return Ok(());
+        }
+        let rest = &self.message[self.checked..];
+        match std::str::from_utf8(rest) {
+            Ok(_) => self.checked = self.message.len(),
+            Err(e) if e.error_len().is_some() => return Err(WsError::NotUtf8),
+            Err(e) => self.checked += e.valid_up_to(),
+        }
+        Ok(())
     }
 }
 
@@ -310,7 +360,7 @@ mod tests {
                     Incoming::Binary(b) => format!("binary:{}", b.len()),
                     Incoming::Ping(p) => format!("ping:{}", p.len()),
                     Incoming::Pong => "pong".into(),
-                    Incoming::Close => "close".into(),
+                    Incoming::Close(code) => format!("close {code:?}"),
                 })
             })?;
         }

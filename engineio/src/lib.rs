@@ -36,4 +36,4 @@ pub use config::Config;
 pub use engine::{Engine, Handler, random_id};
 pub use packet::{Packet, PacketBuilder};
 pub use session::Session;
-pub use transport::{bearer, routes};
+pub use transport::{bearer, routes, routes_at};

@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     pub(crate) upgrading: bool,
     /// A GET request is waiting on the session.
     pub(crate) polling: bool,
+    /// The layer above asked for no more messages until it resumes reading.
+    pub(crate) paused: bool,
     pub(crate) heartbeat: Heartbeat,
 }
 
@@ -50,8 +52,11 @@ pub struct Session<D> {
     state: Mutex<Inner>,
     /// Wakes whoever writes for the session: the WebSocket task, or a pending poll.
     pub(crate) wake: Notify,
-    /// Wakes a polling session's heartbeat task when the session closes or upgrades.
+    /// Wakes a polling session's heartbeat task: the session closed or upgraded, or a pong
+    /// moved the next ping.
     pub(crate) closed: Notify,
+    /// Wakes the requests that wait for reading to resume (polling POSTs).
+    pub(crate) resumed: Notify,
     max_queue: usize,
 }
 
@@ -70,6 +75,7 @@ impl<D> Session<D> {
                 closing: None,
                 upgrading: false,
                 polling: false,
+                paused: false,
                 heartbeat: Heartbeat {
                     // The first ping comes after half to all of the interval, at random:
                     // clients that connected together (a reconnect storm, a load test) would
@@ -80,6 +86,7 @@ impl<D> Session<D> {
             }),
             wake: Notify::new(),
             closed: Notify::new(),
+            resumed: Notify::new(),
             max_queue: config.max_queue.max(1),
         }
     }
@@ -164,15 +171,50 @@ impl<D> Session<D> {
         self.state().closing.is_some()
     }
 
+    /// Stops handing the client's messages up (after those already read) until
+    /// [`Session::resume_reading`]: backpressure for a layer above whose own queue is full.
+    /// A WebSocket stops reading its TCP stream; a polling POST waits before its next packet.
+    pub fn pause_reading(&self) {
+        self.state().paused = true;
+    }
+
+    /// Hands the client's messages up again.
+    pub fn resume_reading(&self) {
+        self.state().paused = false;
+        self.wake.notify_one();
+        self.resumed.notify_waiters();
+    }
+
+    /// Waits until reading is not paused, or the session closes.
+    pub(crate) async fn reading_allowed(&self) {
+        loop {
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            {
+                let st = self.state();
+                if !st.paused || st.closing.is_some() {
+                    return;
+                }
+            }
+            resumed.await;
+        }
+    }
+
     pub(crate) fn is_websocket(&self) -> bool {
         matches!(self.state().transport, Transport::WebSocket(_))
     }
 
+    /// A pong: the next ping is due an interval from now, as the reference server schedules
+    /// it; the heartbeat timer (asleep until the pong deadline) is told.
     pub(crate) fn on_pong(&self, config: &Config) {
         let mut st = self.state();
         if st.heartbeat.awaiting_pong {
             st.heartbeat.awaiting_pong = false;
             st.heartbeat.next = Instant::now() + config.ping_interval;
+            drop(st);
+            self.wake.notify_one();
+            self.closed.notify_one();
         }
     }
 
@@ -185,6 +227,11 @@ impl<D> Session<D> {
             return Ok(st.heartbeat.next);
         }
         if st.heartbeat.awaiting_pong {
+            if st.paused {
+                // The pong may sit unread behind the backpressure: not the client's fault.
+                st.heartbeat.next = now + config.ping_timeout;
+                return Ok(st.heartbeat.next);
+            }
             return Err(DisconnectReason::HeartbeatTimeout);
         }
         st.heartbeat.awaiting_pong = true;

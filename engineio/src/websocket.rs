@@ -26,8 +26,7 @@ use tokio::time::Instant;
 /// How long a closing socket may take to write what is queued and its close frame.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 
-/// Close code: normal closure, the answer to a client's close frame.
-pub const CLOSE_NORMAL: u16 = 1000;
+pub use crate::frame::CLOSE_NORMAL;
 /// Close code: going away (an idle client, a kick); browsers' clients reconnect.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: try again later (a slow consumer, the server unavailable).
@@ -398,15 +397,15 @@ impl Reading {
     /// Handles the client frames in `data`.
     fn frames(&mut self, data: &mut [u8], on_text: &mut impl FnMut(&str)) -> Result<(), Close> {
         let socket = &self.socket;
-        let mut client_closed = false;
+        let mut client_closed = None;
         let fed = self.reader.feed(data, self.config.max_payload, &mut |m| match m {
             // Messages after a close (the handler's own, or the client's) are not handled.
-            Incoming::Text(text) if !client_closed && !socket.is_closed() => on_text(text),
+            Incoming::Text(text) if client_closed.is_none() && !socket.is_closed() => on_text(text),
             Incoming::Text(_) => {}
             Incoming::Binary(_) => tracing::debug!("binary message ignored"),
             Incoming::Ping(payload) => socket.send(Packet::control(frame::OP_PONG, payload)),
             Incoming::Pong => {}
-            Incoming::Close => client_closed = true,
+            Incoming::Close(code) => client_closed = Some(code.unwrap_or(CLOSE_NORMAL)),
         });
         if let Err(e) = fed {
             tracing::debug!(error = %e, "closing a websocket");
@@ -421,10 +420,11 @@ impl Reading {
                 flush: false,
             });
         }
-        if client_closed {
+        if let Some(code) = client_closed {
+            // RFC 6455 §5.5.1: a close frame is answered with one, echoing its code.
             return Err(Close {
                 reason: DisconnectReason::ClientClose,
-                code: Some(CLOSE_NORMAL),
+                code: Some(code),
                 text: "",
                 flush: false,
             });

@@ -9,6 +9,7 @@ use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// The next message, whatever it is.
@@ -177,9 +178,15 @@ async fn close_reasons_over_websocket() -> TestResult {
     drop(ws);
     assert_eq!(server.closed(&sid).await?, DisconnectReason::TransportClose);
 
+    // A close frame is a close on purpose, and is answered with one echoing its code.
     let (mut ws, sid, _) = open(&server).await?;
-    ws.close(None).await?;
-    assert_eq!(server.closed(&sid).await?, DisconnectReason::TransportClose);
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Library(4000),
+        reason: "bye".into(),
+    }))
+    .await?;
+    assert_eq!(close_code(&mut ws).await?, Some(CloseCode::Library(4000)));
+    assert_eq!(server.closed(&sid).await?, DisconnectReason::ClientClose);
 
     // A close after flush: what was sent before it, then a normal close frame.
     let (mut ws, sid, _) = open(&server).await?;

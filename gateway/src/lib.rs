@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod phoenix;
 pub mod presence;
 pub mod redis;
+pub mod runtime;
 pub mod server;
 pub mod socketio;
 pub mod store;

@@ -7,7 +7,7 @@ use crate::engine::Handler;
 use crate::net::ConnInfo;
 use crate::session::Transport;
 use axum::Router;
-use axum::body::Bytes as BodyBytes;
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -22,9 +22,16 @@ use std::sync::Arc;
 /// [`ClosableListener`](crate::net::ClosableListener): WebSocket sessions take the TCP stream
 /// over.
 pub fn routes<H: Handler>(h: Arc<H>) -> Router {
+    routes_at(h, "/socket.io")
+}
+
+/// The Engine.IO routes under `path` (without its trailing slash), e.g. `/engine.io` for the
+/// reference test suite's server.
+pub fn routes_at<H: Handler>(h: Arc<H>, path: &str) -> Router {
+    let endpoint = || get(on_get::<H>).post(on_post::<H>).fallback(bad_method);
     Router::new()
-        .route("/socket.io/", get(on_get::<H>).post(on_post::<H>))
-        .route("/socket.io", get(on_get::<H>).post(on_post::<H>))
+        .route(&format!("{path}/"), endpoint())
+        .route(path, endpoint())
         .with_state(h)
 }
 
@@ -129,17 +136,25 @@ async fn on_get<H: Handler>(
 async fn on_post<H: Handler>(
     State(h): State<Arc<H>>,
     query: Result<Query<EngineQuery>, QueryRejection>,
-    body: BodyBytes,
+    body: Body,
 ) -> Response {
     let (q, websocket) = match check(query) {
         Ok(checked) => checked,
         Err((code, message)) => return refuse(code, message),
     };
-    let Some(session) = q.sid.as_deref().and_then(|sid| h.engine().get(sid)) else {
+    let Some(sid) = q.sid.as_deref() else {
+        return bad_method().await;
+    };
+    let Some(session) = h.engine().get(sid) else {
         return refuse(1, "Session ID unknown");
     };
     if websocket || session.is_websocket() {
         return refuse(3, "Bad request");
     }
-    polling::post(&h, &session, &body)
+    polling::post(&h, &session, body).await
+}
+
+/// A handshake must be a GET, and a request of a session a GET or a POST.
+async fn bad_method() -> Response {
+    refuse(2, "Bad handshake method")
 }

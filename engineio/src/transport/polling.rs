@@ -5,7 +5,8 @@ use super::{refuse, text};
 use crate::close::{Closing, DisconnectReason};
 use crate::engine::{Handler, finish};
 use crate::packet::{self, EnginePacket, SEPARATOR};
-use crate::session::{Session, Transport};
+use crate::session::{Inner, Session, Transport};
+use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -13,21 +14,31 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// The packets of one POST body, handed to the layer above in order.
-pub(super) fn post<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>, body: &[u8]) -> Response {
-    if body.len() > h.engine().settings.max_payload {
+/// The packets of one POST body, handed to the layer above in order. While the layer above
+/// has paused reading, the request waits before its next packet: the client sends no other
+/// POST meanwhile. A body over the payload limit, or a packet that does not parse, ends the
+/// session, as the reference server does.
+pub(super) async fn post<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>, body: Body) -> Response {
+    let Ok(body) = axum::body::to_bytes(body, h.engine().settings.max_payload).await else {
         finish(h, session, DisconnectReason::TooBig);
         return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response();
-    }
+    };
     for raw in body.split(|b| *b == SEPARATOR) {
+        session.reading_allowed().await;
+        if session.is_closed() {
+            break;
+        }
         let Ok(raw) = std::str::from_utf8(raw) else {
-            finish(h, session, DisconnectReason::TransportError);
+            finish(h, session, DisconnectReason::ParseError);
             return refuse(3, "Bad request");
         };
         if let Some(encoded) = raw.strip_prefix('b') {
             match base64::engine::general_purpose::STANDARD.decode(encoded) {
                 Ok(data) => h.on_binary(session, &data),
-                Err(_) => tracing::debug!(sid = %session.sid, "undecodable binary packet ignored"),
+                Err(_) => {
+                    finish(h, session, DisconnectReason::ParseError);
+                    return refuse(3, "Bad request");
+                }
             }
             continue;
         }
@@ -35,11 +46,18 @@ pub(super) fn post<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>, body
             Ok(EnginePacket::Message(text)) => h.on_message(session, text),
             Ok(EnginePacket::Pong(_)) => session.on_pong(&h.engine().settings),
             Ok(EnginePacket::Close) => {
+                // A poll still waiting ends with a noop, as the reference server answers it.
+                session.state().closing.get_or_insert(Closing::Client);
+                session.wake_all();
                 finish(h, session, DisconnectReason::ClientClose);
                 break;
             }
             Ok(EnginePacket::Ping(_) | EnginePacket::Upgrade | EnginePacket::Noop) => {}
-            Err(e) => tracing::debug!(sid = %session.sid, error = %e, "bad packet ignored"),
+            Err(e) => {
+                tracing::debug!(sid = %session.sid, error = %e, "malformed packet: closing");
+                finish(h, session, DisconnectReason::ParseError);
+                return refuse(3, "Bad request");
+            }
         }
     }
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))], "ok").into_response()
@@ -76,27 +94,19 @@ pub(super) async fn poll<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>
         {
             let mut st = session.state();
             if let Some(closing) = st.closing {
-                let mut body: Vec<u8> = Vec::new();
-                if matches!(closing, Closing::Flush(_)) {
-                    for p in st.out.queue.drain(..) {
-                        body.extend_from_slice(p.text());
-                        body.push(SEPARATOR);
-                    }
+                if matches!(closing, Closing::Flush(_)) && !st.out.queue.is_empty() {
+                    // What the server said last (a Socket.IO disconnect) goes alone: a client
+                    // that got it with the close packet would handle the close first, and
+                    // take a kick for a lost connection. The next poll gets the close.
+                    return text(drain_queue(&mut st));
                 }
-                body.push(b'1');
                 drop(st);
                 finish(h, session, closing.reason());
-                return text(body);
+                let last = if closing == Closing::Client { "6" } else { "1" };
+                return text(Bytes::from_static(last.as_bytes()));
             }
             if !st.out.queue.is_empty() {
-                let mut body = Vec::with_capacity(st.out.queue.iter().map(|p| p.text().len() + 1).sum());
-                for (i, p) in st.out.queue.drain(..).enumerate() {
-                    if i > 0 {
-                        body.push(SEPARATOR);
-                    }
-                    body.extend_from_slice(p.text());
-                }
-                return text(body);
+                return text(drain_queue(&mut st));
             }
             if st.upgrading {
                 return text(Bytes::from_static(b"6"));
@@ -104,6 +114,18 @@ pub(super) async fn poll<H: Handler>(h: &Arc<H>, session: &Arc<Session<H::Data>>
         }
         woken.await;
     }
+}
+
+/// The queued packets as one polling payload.
+fn drain_queue(st: &mut Inner) -> Vec<u8> {
+    let mut body = Vec::with_capacity(st.out.queue.iter().map(|p| p.text().len() + 1).sum());
+    for (i, p) in st.out.queue.drain(..).enumerate() {
+        if i > 0 {
+            body.push(SEPARATOR);
+        }
+        body.extend_from_slice(p.text());
+    }
+    body
 }
 
 /// A polling session's heartbeat, until it closes or upgrades.
@@ -116,18 +138,28 @@ pub(super) async fn heartbeat<H: Handler>(h: Arc<H>, session: Arc<Session<H::Dat
             () = tokio::time::sleep_until(next) => {}
             () = closed => {}
         }
-        let (upgraded, closing, unpolled) = {
+        let (upgraded, closing) = {
             let st = session.state();
-            let unpolled = !st.polling && matches!(st.closing, Some(Closing::Flush(_))) && !st.out.queue.is_empty();
-            (matches!(st.transport, Transport::WebSocket(_)), st.closing, unpolled)
+            (matches!(st.transport, Transport::WebSocket(_)), st.closing)
         };
         if upgraded {
             return;
         }
         if let Some(closing) = closing {
-            // A flushing close gives the client's next poll a chance to take the queue.
-            if unpolled {
-                tokio::time::sleep(settings.ping_timeout).await;
+            // A flushing close gives the client's next polls (one for what is queued, one for
+            // the close packet) a chance to come; the session ends when they did, or after
+            // a ping timeout.
+            if matches!(closing, Closing::Flush(_)) {
+                let _ = tokio::time::timeout(settings.ping_timeout, async {
+                    loop {
+                        let closed = session.closed.notified();
+                        if h.engine().get(&session.sid).is_none() {
+                            return;
+                        }
+                        closed.await;
+                    }
+                })
+                .await;
             }
             finish(&h, &session, closing.reason());
             return;

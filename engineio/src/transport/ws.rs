@@ -153,14 +153,25 @@ fn incoming<H: Handler>(
         frame::Incoming::Text(t) => match packet::parse(t) {
             Ok(EnginePacket::Message(text)) => h.on_message(session, text),
             Ok(EnginePacket::Pong(_)) => session.on_pong(&h.engine().settings),
-            Ok(EnginePacket::Close) => return Err(DisconnectReason::ClientClose),
+            Ok(EnginePacket::Close) => {
+                write_control(session, tcp, &frame::close_frame(frame::CLOSE_NORMAL));
+                return Err(DisconnectReason::ClientClose);
+            }
             Ok(EnginePacket::Ping(_) | EnginePacket::Upgrade | EnginePacket::Noop) => {}
-            Err(e) => tracing::debug!(sid = %session.sid, error = %e, "bad packet ignored"),
+            Err(e) => {
+                tracing::debug!(sid = %session.sid, error = %e, "malformed packet: closing");
+                write_control(session, tcp, &frame::close_frame(frame::CLOSE_NORMAL));
+                return Err(DisconnectReason::ParseError);
+            }
         },
         frame::Incoming::Binary(b) => h.on_binary(session, b),
         frame::Incoming::Ping(p) => write_control(session, tcp, &frame::frame(frame::OP_PONG, p)),
         frame::Incoming::Pong => {}
-        frame::Incoming::Close => return Err(DisconnectReason::TransportClose),
+        // RFC 6455 §5.5.1: a close frame is answered with one, echoing its code.
+        frame::Incoming::Close(code) => {
+            write_control(session, tcp, &frame::close_frame(code.unwrap_or(frame::CLOSE_NORMAL)));
+            return Err(DisconnectReason::ClientClose);
+        }
     }
     Ok(())
 }
@@ -217,7 +228,15 @@ fn read_now<H: Handler>(
         let mut buf = [0u8; READ_CHUNK];
         match tcp.try_read(&mut buf) {
             Ok(0) => return Err(DisconnectReason::TransportClose),
-            Ok(n) => frames(h, session, tcp, reader, &mut buf[..n])?,
+            Ok(n) => {
+                frames(h, session, tcp, reader, &mut buf[..n])?;
+                // A paused or closing session reads no further: what stays unread is the
+                // client's backpressure.
+                let st = session.state();
+                if st.paused || st.closing.is_some() {
+                    return Ok(());
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Err(DisconnectReason::TransportError),
@@ -265,8 +284,16 @@ async fn run_websocket<H: Handler>(
             Ok(Flushed::Blocked) => true,
             Err(reason) => break reason,
         };
+        let (paused, next_beat) = {
+            let st = session.state();
+            (st.paused, st.heartbeat.next)
+        };
+        // A pong moves the next ping: the timer follows.
+        if sleep.deadline() != next_beat {
+            sleep.as_mut().reset(next_beat);
+        }
         tokio::select! {
-            ready = tcp.readable() => {
+            ready = tcp.readable(), if !paused => {
                 if ready.is_err() {
                     break DisconnectReason::TransportError;
                 }

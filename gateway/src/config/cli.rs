@@ -206,6 +206,21 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub max_outbound_queue: Option<String>,
 
+    /// Engine.IO ping interval, announced to clients as pingInterval [default: 5s]
+    #[arg(long, global = true, env = "SWITCHBOARD_PING_INTERVAL", value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_interval: Option<String>,
+
+    /// Engine.IO ping timeout: a client silent this long after a ping is closed [default: 10s]
+    #[arg(long, global = true, env = "SWITCHBOARD_PING_TIMEOUT", value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_timeout: Option<String>,
+
+    /// An Engine.IO session that connects no Socket.IO namespace this long is closed [default: 45s]
+    #[arg(long, global = true, env = "SWITCHBOARD_CONNECT_TIMEOUT", value_name = "DURATION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+
     /// Inbound events per connection, e.g. 50/s,burst=200 [default: 50/s,burst=200]
     #[arg(long, global = true, env = "SWITCHBOARD_RATE_LIMIT", value_name = "RATE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -81,6 +81,12 @@ pub struct SocketIoSettings {
     pub max_outbound_queue: usize,
     /// Inbound events per connection.
     pub rate_limit: RateLimit,
+    /// Engine.IO heartbeat: how often clients are pinged.
+    pub ping_interval: Duration,
+    /// Engine.IO heartbeat: how long a pinged client has to answer.
+    pub ping_timeout: Duration,
+    /// How long a session may stay without a connected namespace.
+    pub connect_timeout: Duration,
 }
 
 /// Cluster mode.

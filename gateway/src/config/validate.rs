@@ -115,6 +115,18 @@ impl Config {
             .filter(|n| *n > 0)
             .ok_or_else(|| invalid("max-outbound-queue", "expected a positive integer"))?;
         let rate_limit = parse_rate_limit(o.rate_limit.as_deref().unwrap_or("50/s,burst=200"))?;
+        let ping_interval = parse_duration("ping-interval", o.ping_interval.as_deref().unwrap_or("5s"))?;
+        let ping_timeout = parse_duration("ping-timeout", o.ping_timeout.as_deref().unwrap_or("10s"))?;
+        let connect_timeout = parse_duration("connect-timeout", o.connect_timeout.as_deref().unwrap_or("45s"))?;
+        for (flag, d) in [
+            ("ping-interval", ping_interval),
+            ("ping-timeout", ping_timeout),
+            ("connect-timeout", connect_timeout),
+        ] {
+            if d < std::time::Duration::from_millis(50) {
+                return Err(invalid(flag, "must be at least 50ms"));
+            }
+        }
 
         let node_id = match &o.node_id {
             Some(id) if id.trim().is_empty() => return Err(invalid("node-id", "must not be empty")),
@@ -150,6 +162,9 @@ impl Config {
                 max_payload,
                 max_outbound_queue,
                 rate_limit,
+                ping_interval,
+                ping_timeout,
+                connect_timeout,
             },
             max_message_bytes,
             presence_ttl,

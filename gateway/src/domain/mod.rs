@@ -17,7 +17,7 @@ mod typing;
 pub use access::{Access, Memberships};
 pub use connections::{Joined, Live, MAX_MISSED};
 pub use error::DomainError;
-pub use hub::{Connection, Local, Outlet};
+pub use hub::{ConnKey, Connection, Local, Outlet};
 pub use messages::{HistoryRequest, SendRequest, Sent};
 pub use rate::RateLimiter;
 pub use typing::{TYPING_TIMEOUT, TypingTimers};
@@ -149,6 +149,21 @@ impl Domain {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         self.tasks.spawn(task);
+    }
+
+    /// Runs `task` among the node's tasks until it ends or the node stops: for an adapter's
+    /// periodic upkeep.
+    pub fn spawn_until_shutdown<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
     }
 
     /// Local connections, for the drain.

@@ -7,11 +7,11 @@
 //! callback and queues the other frames in the socket's inbox; frames to the client are
 //! written straight to the TCP socket (queued, bounded, only when the kernel does not take
 //! them). A worker runs the queued frames one after the other (so a `typing_stop` never
-//! overtakes its `typing_start`, and a slow database never delays a heartbeat), as a task
-//! that exists only while the inbox has work ([`inbox`]).
+//! overtakes its `typing_start`, and a slow database never delays a heartbeat), on the
+//! connection runtime's inbox ([`crate::runtime`]), as a task that exists only while the
+//! inbox has work.
 
 mod channels;
-mod inbox;
 mod render;
 mod worker;
 
@@ -19,6 +19,7 @@ use crate::auth::{Identity, JwtSettings};
 use crate::config::{Config, RateLimit};
 use crate::domain::{Connection, Domain, Local, Outlet, RateLimiter};
 use crate::metrics::METRICS;
+use crate::runtime::{self, Inbox, Reading as InboxReading};
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -34,13 +35,9 @@ use shared::phoenix as codec;
 use shared::{ConnId, ConversationId, Delivery, NodeId, Topic, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tracing::Instrument;
-
-/// How many batches a drain closes sockets in.
-const DRAIN_BATCHES: usize = 10;
 
 /// Close codes that make every phoenix.js version reconnect (1000 strands 1.7–1.8.15).
 const GOING_AWAY: u16 = 1001;
@@ -63,11 +60,17 @@ struct SocketHandle {
     /// The channel topics it joined, for rendering (a user channel's events go out only on it).
     joined: Mutex<Vec<String>>,
     socket: Arc<WebSocket>,
-    inbox: Mutex<inbox::Inbox>,
-    /// Told when a worker run ends, for the close to wait on.
-    idle: Notify,
-    /// Itself, for the hub's calls (on `&self`) that start a worker run.
-    me: Weak<SocketHandle>,
+    inbox: Arc<Inbox<worker::Worker, Arc<WebSocket>>>,
+}
+
+impl InboxReading for Arc<WebSocket> {
+    fn pause_reading(&self) {
+        WebSocket::pause_reading(self);
+    }
+
+    fn resume_reading(&self) {
+        WebSocket::resume_reading(self);
+    }
 }
 
 impl SocketHandle {
@@ -75,10 +78,6 @@ impl SocketHandle {
     /// consumer (1013).
     fn send(&self, frame: Packet) {
         self.socket.send(frame);
-    }
-
-    fn me(&self) -> Option<Arc<SocketHandle>> {
-        self.me.upgrade()
     }
 
     /// Closes the socket with `code` after what is already queued.
@@ -125,8 +124,7 @@ impl Connection for SocketHandle {
     }
 
     fn removed(&self, conversation: &ConversationId) {
-        let Some(me) = self.me() else { return };
-        if !me.enqueue_removal(worker::Input::Removed(conversation.clone())) {
+        if !self.inbox.enqueue_forced(worker::Input::Removed(conversation.clone())) {
             // A socket too far behind must not keep a removed member in: close it.
             self.close(DisconnectReason::ServerClose, GOING_AWAY);
         }
@@ -196,15 +194,12 @@ impl PhoenixAdapter {
             .into_iter()
             .filter(|c| c.outlet() == self.outlet)
             .collect();
-        let per_batch = sockets.len().div_ceil(DRAIN_BATCHES).max(1);
-        let pause = window / DRAIN_BATCHES as u32;
-        tracing::info!(sockets = sockets.len(), per_batch, "closing Phoenix sockets");
-        for batch in sockets.chunks(per_batch) {
-            for socket in batch.iter().filter_map(|c| handle(c.as_ref())) {
+        runtime::drain("phoenix", &sockets, window, |c| {
+            if let Some(socket) = handle(c.as_ref()) {
                 socket.close(DisconnectReason::Draining, SERVICE_RESTART);
             }
-            tokio::time::sleep(pause).await;
-        }
+        })
+        .await;
     }
 }
 
@@ -354,15 +349,13 @@ async fn upgrade(
 
 /// One socket, from upgrade to close: this is the socket's one task.
 async fn run(adapter: Arc<PhoenixAdapter>, socket: Arc<WebSocket>, reading: Reading, conn: ConnId, who: Identity) {
-    let handle = Arc::new_cyclic(|me| SocketHandle {
-        me: me.clone(),
+    let handle = Arc::new(SocketHandle {
         local: adapter.domain.local(conn),
         outlet: adapter.outlet,
         user: who.user_id.clone(),
         joined: Mutex::default(),
+        inbox: Arc::new(Inbox::new(socket.clone())),
         socket: socket.clone(),
-        inbox: Mutex::default(),
-        idle: Notify::new(),
     });
     adapter.domain.attach(&handle.local, handle.clone());
     if let Err(e) = adapter.domain.connect(&handle.local, &who).await {
@@ -373,11 +366,13 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: Arc<WebSocket>, reading: Read
         return;
     }
     METRICS.phoenix_connections.inc();
-    handle.set_worker(worker::Worker::new(adapter.clone(), handle.clone(), who));
+    handle
+        .inbox
+        .set_worker(worker::Worker::new(adapter.clone(), handle.clone(), who));
     let rate = RateLimiter::new(adapter.settings.rate);
     let reason = reading.run(|text| read(&handle, &rate, text)).await;
     METRICS.disconnects.with_label_values(&[reason.label()]).inc();
-    if let Some(worker) = handle.stop().await {
+    if let Some(worker) = handle.inbox.stop().await {
         worker.finish().await;
     }
     METRICS.phoenix_connections.dec();
@@ -402,5 +397,7 @@ fn read(handle: &Arc<SocketHandle>, rate: &RateLimiter, text: &str) {
         }
         return;
     }
-    handle.enqueue(worker::Input::Frame(frame, rate.allow()));
+    handle
+        .inbox
+        .enqueue(worker::Input::Frame(frame, rate.allow()), text.len());
 }

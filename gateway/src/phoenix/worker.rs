@@ -10,13 +10,12 @@ use crate::commands::{Caller, Command, Outcome, Verb, execute};
 use crate::domain::{DomainError, Live};
 use crate::inbound;
 use crate::metrics::METRICS;
+use crate::runtime;
 use engineio::{DisconnectReason, Packet};
-use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use shared::phoenix::{self as codec, Frame};
 use shared::{ConversationId, UserId};
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -119,6 +118,29 @@ struct JoinReply {
     has_more: Option<bool>,
 }
 
+impl runtime::Worker for Worker {
+    type Input = Input;
+
+    async fn input(&mut self, input: Input) {
+        match input {
+            Input::Frame(frame, allowed) => self.frame(frame, allowed).await,
+            Input::Removed(conversation) => self.removed(conversation).await,
+        }
+    }
+
+    fn panicked(&self) {
+        self.handle.close(DisconnectReason::ServerClose, super::TRY_AGAIN_LATER);
+    }
+
+    fn domain(&self) -> &Arc<crate::domain::Domain> {
+        &self.adapter.domain
+    }
+
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("phx_socket", conn = %self.handle.local.id, user = %self.handle.user)
+    }
+}
+
 /// One socket's sequential command runner.
 pub struct Worker {
     adapter: Arc<PhoenixAdapter>,
@@ -132,11 +154,6 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// The domain, whose task tracker runs the worker.
-    pub(super) fn domain(&self) -> &Arc<crate::domain::Domain> {
-        &self.adapter.domain
-    }
-
     pub(super) fn new(adapter: Arc<PhoenixAdapter>, handle: Arc<SocketHandle>, who: Identity) -> Self {
         Self {
             adapter,
@@ -145,23 +162,6 @@ impl Worker {
             channels: Channels::default(),
             watched: Vec::new(),
             live: None,
-        }
-    }
-
-    /// Runs one input to its end. A panic is caught here so that the socket still leaves the
-    /// hub and presence: the socket is closed and [`Worker::finish`] runs as usual.
-    pub(super) async fn input(&mut self, input: Input) {
-        let ran = AssertUnwindSafe(async {
-            match input {
-                Input::Frame(frame, allowed) => self.frame(frame, allowed).await,
-                Input::Removed(conversation) => self.removed(conversation).await,
-            }
-        })
-        .catch_unwind()
-        .await;
-        if ran.is_err() {
-            tracing::error!("socket worker panicked");
-            self.handle.close(DisconnectReason::ServerClose, super::TRY_AGAIN_LATER);
         }
     }
 
@@ -223,14 +223,7 @@ impl Worker {
                 let result = if !allowed {
                     Err(DomainError::RateLimited)
                 } else {
-                    AssertUnwindSafe(self.command(&frame, route))
-                        .catch_unwind()
-                        .instrument(span.clone())
-                        .await
-                        .unwrap_or_else(|_| {
-                            tracing::error!(parent: &span, "channel handler panicked");
-                            Err(DomainError::Internal)
-                        })
+                    runtime::guarded(self.command(&frame, route), &span).await
                 };
                 let joined = result.is_ok() && frame.event == "phx_join";
                 self.reply(&frame, result);

@@ -11,36 +11,25 @@ mod commands;
 pub mod packet;
 mod pressure;
 mod profile;
+mod worker;
 
 pub use profile::{Profile, profile};
 
 use crate::auth::{Identity, JwtSettings};
 use crate::config::{Config, RateLimit};
-use crate::domain::{Connection, Domain, DomainError, Local, Outlet, RateLimiter};
+use crate::domain::{ConnKey, Connection, Domain, Local, Outlet, RateLimiter};
 use crate::metrics::METRICS;
+use crate::runtime::{self, Inbox, Reading as InboxReading};
 use axum::Router;
-use commands::{ErrorBody, Failure, INBOUND, Reply, Success};
 use engineio::{Config as EngineSettings, DisconnectReason, Engine, Handler, Session};
-use futures::FutureExt;
 use packet::Kind;
 use pressure::Pressure;
 use serde::Serialize;
 use serde_json::Value;
 use shared::{ConnId, ConversationId, Delivery, NodeId, UserId};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
-use std::time::Duration;
-use tokio::sync::oneshot;
-use tracing::Instrument;
-
-/// Engine.IO heartbeat: a client that stops answering is closed after interval + timeout.
-/// (A consumer whose outbound queue fills is closed at once, whatever the heartbeat.)
-const PING_INTERVAL: Duration = Duration::from_secs(5);
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How many batches a drain closes client transports in.
-const DRAIN_BATCHES: usize = 10;
+use std::time::{Duration, Instant};
 
 /// What every handler needs.
 struct Ctx {
@@ -56,39 +45,6 @@ struct Conn {
     local: Local,
     identity: OnceLock<Identity>,
     rate: RateLimiter,
-    order: Sequencer,
-}
-
-/// Runs a connection's events one after the other, in arrival order: each event runs in its
-/// own task (so a slow database never delays reading the connection), so without this a
-/// `typing:stop` could overtake its `typing:start`. Each event waits for the previous one's
-/// ticket; a finished (or panicked) event drops its ticket, which releases the next. A
-/// removal from a conversation and the socket's end take tickets too: they run after the
-/// commands before them (a join in flight) and never beside them.
-#[derive(Default)]
-struct Sequencer {
-    last: Mutex<Option<oneshot::Receiver<()>>>,
-}
-
-struct Ticket {
-    previous: Option<oneshot::Receiver<()>>,
-    _done: oneshot::Sender<()>,
-}
-
-impl Sequencer {
-    fn ticket(&self) -> Ticket {
-        let (done, next) = oneshot::channel();
-        let previous = self.last.lock().unwrap_or_else(PoisonError::into_inner).replace(next);
-        Ticket { previous, _done: done }
-    }
-}
-
-impl Ticket {
-    async fn wait(&mut self) {
-        if let Some(previous) = self.previous.take() {
-            let _ = previous.await;
-        }
-    }
 }
 
 /// A Socket.IO socket: one namespace of one Engine.IO session.
@@ -125,18 +81,14 @@ impl Connection for SioSocket {
     }
 
     fn removed(&self, conversation: &ConversationId) {
-        let (Some(adapter), Some(who)) = (self.adapter.upgrade(), self.conn.identity.get().cloned()) else {
-            return;
+        let removal = worker::Input::Removed {
+            socket: self.conn.local.key,
+            conversation: conversation.clone(),
         };
-        let mut ticket = self.conn.order.ticket();
-        let (local, conversation) = (self.conn.local.clone(), conversation.clone());
-        let domain = adapter.ctx.domain.clone();
-        domain.spawn(async move {
-            ticket.wait().await;
-            if let Err(e) = adapter.ctx.domain.leave(&local, &who, &conversation).await {
-                tracing::warn!(conn = %local.id, error = %e, "removed member not taken out of presence");
-            }
-        });
+        if !self.session.data.enqueue_forced(removal) {
+            // A session too far behind must not keep a removed member in: close it.
+            self.session.close_now(DisconnectReason::ServerClose);
+        }
     }
 }
 
@@ -174,18 +126,84 @@ impl Outlet for Namespace {
 }
 
 /// The Socket.IO state of one Engine.IO session.
-#[derive(Default)]
 pub struct SioSession {
-    /// Its connected namespaces.
-    sockets: Mutex<Vec<Arc<SioSocket>>>,
+    sockets: Mutex<Sockets>,
     /// Binary attachments still to skip (binary events are refused).
     skip_binary: AtomicUsize,
+    /// The session's packets in arrival order, and their worker (set by the first packet).
+    inbox: OnceLock<Arc<SioInbox>>,
+    /// When the session opened: one that connects no namespace in time is closed.
+    opened: Instant,
+}
+
+type SioInbox = Inbox<worker::Worker, Weak<Session<SioSession>>>;
+
+impl Default for SioSession {
+    fn default() -> Self {
+        Self {
+            sockets: Mutex::default(),
+            skip_binary: AtomicUsize::new(0),
+            inbox: OnceLock::new(),
+            opened: Instant::now(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sockets {
+    /// The connected namespaces.
+    live: Vec<Arc<SioSocket>>,
+    /// Sockets the server closed whose end the worker has not told the domain yet.
+    gone: Vec<Local>,
+    /// A namespace was connected at least once.
+    ever: bool,
+}
+
+impl InboxReading for Weak<Session<SioSession>> {
+    fn pause_reading(&self) {
+        if let Some(session) = self.upgrade() {
+            session.pause_reading();
+        }
+    }
+
+    fn resume_reading(&self) {
+        if let Some(session) = self.upgrade() {
+            session.resume_reading();
+        }
+    }
 }
 
 impl SioSession {
+    fn sockets(&self) -> std::sync::MutexGuard<'_, Sockets> {
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn socket(&self, ns: u8) -> Option<Arc<SioSocket>> {
-        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
-        sockets.iter().find(|s| s.ns == ns).cloned()
+        self.sockets().live.iter().find(|s| s.ns == ns).cloned()
+    }
+
+    fn socket_by_key(&self, key: ConnKey) -> Option<Arc<SioSocket>> {
+        self.sockets().live.iter().find(|s| s.conn.local.key == key).cloned()
+    }
+
+    fn take_gone(&self, key: ConnKey) -> Option<Local> {
+        let mut sockets = self.sockets();
+        let at = sockets.gone.iter().position(|l| l.key == key)?;
+        Some(sockets.gone.swap_remove(at))
+    }
+
+    fn take_all(&self) -> Vec<Arc<SioSocket>> {
+        std::mem::take(&mut self.sockets().live)
+    }
+
+    fn take_all_gone(&self) -> Vec<Local> {
+        std::mem::take(&mut self.sockets().gone)
+    }
+
+    /// Queues an input that must run (a removal, a socket's end); `false` when the session
+    /// is too far behind and must be closed instead.
+    fn enqueue_forced(&self, input: worker::Input) -> bool {
+        self.inbox.get().is_none_or(|inbox| inbox.enqueue_forced(input))
     }
 }
 
@@ -222,10 +240,10 @@ impl SocketIoAdapter {
                 }))
             })
             .collect();
-        Ok(Arc::new(Self {
+        let adapter = Arc::new(Self {
             engine: Engine::new(EngineSettings {
-                ping_interval: PING_INTERVAL,
-                ping_timeout: PING_TIMEOUT,
+                ping_interval: config.socketio.ping_interval,
+                ping_timeout: config.socketio.ping_timeout,
                 max_payload: usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX),
                 max_queue: config.socketio.max_outbound_queue,
             }),
@@ -238,7 +256,13 @@ impl SocketIoAdapter {
                 rate: config.socketio.rate_limit,
                 node_id: config.node_id.clone(),
             },
-        }))
+        });
+        let timeout = config.socketio.connect_timeout;
+        adapter
+            .ctx
+            .domain
+            .spawn_until_shutdown(adapter.clone().close_unconnected(timeout));
+        Ok(adapter)
     }
 
     /// The `/socket.io/` routes.
@@ -265,7 +289,7 @@ impl SocketIoAdapter {
     }
 
     /// A namespace connection request: authenticates, registers, answers.
-    async fn connect(self: Arc<Self>, session: Arc<Session<SioSession>>, ns: u8, auth: Option<Value>) {
+    async fn connect(self: Arc<Self>, session: &Arc<Session<SioSession>>, ns: u8, auth: Option<Value>) {
         let ns_name = self.ns_name(ns).to_owned();
         let token = match auth.as_ref().and_then(|a| a.get("token")) {
             Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
@@ -295,7 +319,6 @@ impl SocketIoAdapter {
                 local: self.ctx.domain.local(id),
                 identity: OnceLock::new(),
                 rate: RateLimiter::new(self.ctx.rate),
-                order: Sequencer::default(),
             },
             sid,
             session: session.clone(),
@@ -312,165 +335,96 @@ impl SocketIoAdapter {
             }
             let _ = socket.conn.identity.set(who);
         }
-        session
-            .data
-            .sockets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(socket.clone());
-        METRICS.connections.inc();
-        if session.is_closed() {
-            // The session ended while the domain registered the connection.
-            self.socket_gone(&socket, DisconnectReason::TransportClose);
-            return;
+        {
+            let mut sockets = session.data.sockets();
+            sockets.live.push(socket.clone());
+            sockets.ever = true;
         }
+        METRICS.connections.inc();
         tracing::debug!(conn = %socket.conn.local.id, "connected");
+        // A session that ended meanwhile is finished by its worker's last words, which run
+        // after this input and take the socket out.
         session.send(packet::connected(&ns_name, &socket.sid));
     }
 
-    /// A socket's end, whatever the cause: the domain told, once, after the commands already
-    /// admitted (a join in flight is undone by it, never left behind).
-    fn socket_gone(&self, socket: &SioSocket, reason: DisconnectReason) {
+    /// A socket leaves its session, once: counted, and no longer found by its namespace.
+    /// The caller tells the domain.
+    fn forget(&self, socket: &SioSocket, reason: DisconnectReason) -> bool {
         if socket.gone.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
         let key = socket.conn.local.key;
-        socket
-            .session
-            .data
-            .sockets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|s| s.conn.local.key != key);
+        socket.session.data.sockets().live.retain(|s| s.conn.local.key != key);
         METRICS.connections.dec();
         METRICS.disconnects.with_label_values(&[reason.label()]).inc();
-        let mut ticket = socket.conn.order.ticket();
-        let domain = self.ctx.domain.clone();
-        let local = socket.conn.local.clone();
-        self.ctx.domain.spawn(async move {
-            ticket.wait().await;
-            tracing::debug!(conn = %local.id, ?reason, "disconnected");
-            domain.disconnect(&local).await;
-        });
+        tracing::debug!(conn = %socket.conn.local.id, ?reason, "disconnected");
+        true
     }
 
     /// Closes a namespace from the server side (`io server disconnect` for the client), and
     /// the session with its last namespace.
     fn server_disconnect(&self, socket: &SioSocket) {
         socket.session.send(packet::disconnect(self.ns_name(socket.ns)));
-        self.socket_gone(socket, DisconnectReason::ServerClose);
-        let empty = socket
-            .session
-            .data
-            .sockets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty();
-        if empty {
+        if self.forget(socket, DisconnectReason::ServerClose) {
+            let key = socket.conn.local.key;
+            socket.session.data.sockets().gone.push(socket.conn.local.clone());
+            if !socket.session.data.enqueue_forced(worker::Input::Gone { socket: key }) {
+                socket.session.close_now(DisconnectReason::ServerClose);
+            }
+        }
+        if socket.session.data.sockets().live.is_empty() {
             socket.session.close_after_flush(DisconnectReason::ServerClose);
         }
     }
 
-    /// An event: admitted now, in arrival order, and run in its own task.
-    fn event(self: &Arc<Self>, socket: Arc<SioSocket>, ack: Option<i64>, data: &str) {
-        let ticket = socket.conn.order.ticket();
-        let allowed = socket.conn.rate.allow();
-        let parsed = packet::event_args(data);
-        self.ctx
-            .domain
-            .spawn(self.clone().handle(socket, ack, parsed, allowed, ticket));
+    /// The session's inbox, made with its worker on the first packet.
+    fn inbox<'a>(self: &Arc<Self>, session: &'a Arc<Session<SioSession>>) -> &'a Arc<SioInbox> {
+        session.data.inbox.get_or_init(|| {
+            let inbox = Arc::new(Inbox::new(Arc::downgrade(session)));
+            inbox.set_worker(worker::Worker {
+                adapter: self.clone(),
+                session: session.clone(),
+            });
+            inbox
+        })
     }
 
-    /// Runs one event after the previous one of its connection: rate limit, payload, command,
-    /// panic guard, reply.
-    async fn handle(
-        self: Arc<Self>,
-        socket: Arc<SioSocket>,
-        ack: Option<i64>,
-        parsed: Result<(String, Value), packet::PacketError>,
-        allowed: bool,
-        mut ticket: Ticket,
-    ) {
-        ticket.wait().await;
-        let (name, payload) = match parsed {
-            Ok((name, payload)) => (name, Ok(payload)),
-            Err(e) => (String::new(), Err(e)),
-        };
-        let command = INBOUND.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
-        let span = tracing::info_span!("sio_event", event = %name, conn = %socket.conn.local.id);
-        let result = match (allowed, payload, command) {
-            (false, _, _) => Err(DomainError::RateLimited),
-            (true, Err(e), _) => Err(DomainError::BadRequest(format!("unreadable event: {e}"))),
-            (true, Ok(_), None) => Err(DomainError::BadRequest(format!("unknown event '{name}'"))),
-            (true, Ok(payload), Some(command)) => AssertUnwindSafe(self.dispatch(&socket, command, payload))
-                .catch_unwind()
-                .instrument(span.clone())
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::error!(parent: &span, "event handler panicked");
-                    Err(DomainError::Internal)
-                }),
-        };
-        // A join's socket starts hearing the conversation once its answer is written.
-        let mut result = result;
-        let live = match &mut result {
-            Ok(Reply::Joined { live, .. }) => live.take(),
-            _ => None,
-        };
-        self.reply(&socket, &name, ack, result);
-        drop(live);
+    /// Queues a packet for the session's worker.
+    fn enqueue(self: &Arc<Self>, session: &Arc<Session<SioSession>>, input: worker::Input, bytes: usize) {
+        self.inbox(session).enqueue(input, bytes);
     }
 
-    /// The one place a command's outcome becomes what the client sees: an ack when it asked
-    /// for one, otherwise an `error` event for failures.
-    fn reply(&self, socket: &SioSocket, event: &str, ack: Option<i64>, result: Result<Reply, DomainError>) {
-        if let Err(e) = &result {
-            METRICS.inbound_errors.with_label_values(&[e.code().as_str()]).inc();
-        }
-        let ns = self.ns_name(socket.ns);
-        let encoded = match (result, ack) {
-            (Ok(body), Some(id)) => packet::ack(ns, id, &Success { success: true, body }),
-            (Ok(_), None) => return,
-            (Err(e), Some(id)) => packet::ack(
-                ns,
-                id,
-                &Failure {
-                    success: false,
-                    error: ErrorBody {
-                        code: e.code().as_str(),
-                        message: e.to_string(),
-                        event: None,
-                    },
-                },
-            ),
-            (Err(e), None) => packet::event(
-                ns,
-                self.profile(socket.ns).error,
-                &ErrorBody {
-                    code: e.code().as_str(),
-                    message: e.to_string(),
-                    event: Some(event),
-                },
-            ),
-        };
-        match encoded {
-            Ok(p) => socket.session.send(p),
-            Err(e) => tracing::warn!(event, error = %e, "reply not encoded"),
-        }
+    /// A packet that breaks the protocol: nothing more is read, and the session closes once
+    /// what came before it is answered.
+    fn fail(self: &Arc<Self>, session: &Arc<Session<SioSession>>, error: &dyn std::fmt::Display) {
+        tracing::debug!(sid = %session.sid, error = %error, "malformed socket.io packet: closing");
+        session.pause_reading();
+        self.enqueue(session, worker::Input::Fail(DisconnectReason::ParseError), 0);
     }
 
     /// Closes every session's transport, in batches spread over `window`, so that clients
     /// reconnect elsewhere by themselves and not all at once.
     pub async fn drain(&self, window: Duration) {
         let sessions = self.engine.sessions();
-        let per_batch = sessions.len().div_ceil(DRAIN_BATCHES).max(1);
-        let pause = window / DRAIN_BATCHES as u32;
-        tracing::info!(sessions = sessions.len(), per_batch, "closing client transports");
-        for batch in sessions.chunks(per_batch) {
-            for session in batch {
-                session.close_now(DisconnectReason::Draining);
+        runtime::drain("socket.io", &sessions, window, |s| {
+            s.close_now(DisconnectReason::Draining)
+        })
+        .await;
+    }
+
+    /// Closes sessions that connected no namespace within `timeout` of opening (the
+    /// reference server's `connectTimeout`), until the node stops.
+    pub async fn close_unconnected(self: Arc<Self>, timeout: Duration) {
+        let mut tick = tokio::time::interval((timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for session in self.engine.sessions() {
+                if session.data.opened.elapsed() >= timeout && !session.data.sockets().ever {
+                    tracing::debug!(sid = %session.sid, "no namespace connected in time: closing");
+                    session.close_now(DisconnectReason::ConnectTimeout);
+                }
             }
-            tokio::time::sleep(pause).await;
         }
     }
 }
@@ -485,36 +439,44 @@ impl Handler for SocketIoAdapter {
     fn on_message(self: &Arc<Self>, session: &Arc<Session<SioSession>>, text: &str) {
         let p = match packet::parse_sio(text) {
             Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(sid = %session.sid, error = %e, "bad socket.io packet ignored");
-                return;
-            }
+            Err(e) => return self.fail(session, &e),
         };
         let Some(ns) = self.namespaces.iter().position(|(n, _)| n == p.ns) else {
             if p.kind == Kind::Connect {
-                session.send(packet::connect_error(p.ns, "Invalid namespace"));
+                session.send(packet::connect_error(packet::echoed(p.ns), "Invalid namespace"));
             }
             return;
         };
         let ns = ns as u8;
-        let socket = session.data.socket(ns);
-        match (p.kind, socket) {
-            (Kind::Connect, None) => {
-                let auth = serde_json::from_str(p.data).ok();
-                self.ctx.domain.spawn(self.clone().connect(session.clone(), ns, auth));
-            }
-            (Kind::Event, Some(socket)) => self.event(socket, p.ack, p.data),
-            (Kind::Disconnect, Some(socket)) => self.socket_gone(&socket, DisconnectReason::ClientClose),
-            (Kind::BinaryEvent, socket) => {
+        let input = match p.kind {
+            Kind::Connect => match packet::connect_auth(p.data) {
+                Ok(auth) => worker::Input::Connect { ns, auth },
+                Err(e) => return self.fail(session, &e),
+            },
+            Kind::Event => match packet::event_args(p.data) {
+                Ok((name, payload)) => worker::Input::Event {
+                    ns,
+                    ack: p.ack,
+                    name,
+                    payload,
+                },
+                Err(e) => return self.fail(session, &e),
+            },
+            Kind::Disconnect => worker::Input::Disconnect { ns },
+            Kind::BinaryEvent => {
                 session.data.skip_binary.store(p.attachments, Ordering::Relaxed);
-                if let Some(socket) = socket {
-                    let error = DomainError::BadRequest("binary payloads are not supported".into());
-                    self.reply(&socket, "", p.ack, Err(error));
-                }
+                worker::Input::Binary { ns, ack: p.ack }
             }
-            (Kind::BinaryAck, _) => session.data.skip_binary.store(p.attachments, Ordering::Relaxed),
-            (kind, _) => tracing::debug!(sid = %session.sid, ?kind, "packet ignored"),
-        }
+            Kind::BinaryAck => {
+                session.data.skip_binary.store(p.attachments, Ordering::Relaxed);
+                return;
+            }
+            // A client sends neither acks (the node asks for none) nor CONNECT_ERROR.
+            Kind::Ack | Kind::ConnectError => {
+                return tracing::debug!(sid = %session.sid, kind = ?p.kind, "packet ignored");
+            }
+        };
+        self.enqueue(session, input, text.len());
     }
 
     fn on_binary(self: &Arc<Self>, session: &Arc<Session<SioSession>>, _data: &[u8]) {
@@ -528,14 +490,13 @@ impl Handler for SocketIoAdapter {
     }
 
     fn on_close(self: &Arc<Self>, session: &Arc<Session<SioSession>>, reason: DisconnectReason) {
-        let sockets = session
-            .data
-            .sockets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for socket in sockets {
-            self.socket_gone(&socket, reason);
-        }
+        let Some(inbox) = session.data.inbox.get().cloned() else {
+            return;
+        };
+        self.ctx.domain.spawn(async move {
+            if let Some(worker) = inbox.stop().await {
+                worker.finish(reason).await;
+            }
+        });
     }
 }

@@ -98,19 +98,49 @@ pub fn parse_sio(text: &str) -> Result<SioPacket<'_>, PacketError> {
     })
 }
 
-/// An event's name and first argument (`Null` when it has none).
+/// An event's name and first argument (`Null` when it has none). Like the reference parser,
+/// the data must be a non-empty array whose first item, the name, is a string or a number.
 pub fn event_args(data: &str) -> Result<(String, Value), PacketError> {
     let args: Vec<&RawValue> = serde_json::from_str(data).map_err(|e| PacketError::Data(e.to_string()))?;
     let mut args = args.into_iter();
-    let name = args
-        .next()
-        .and_then(|n| serde_json::from_str::<String>(n.get()).ok())
-        .ok_or_else(|| PacketError::Data("an event starts with its name".into()))?;
+    let name = match args.next().map(|n| serde_json::from_str::<Value>(n.get())) {
+        Some(Ok(Value::String(name))) => name,
+        Some(Ok(Value::Number(n))) => n.to_string(),
+        _ => return Err(PacketError::Data("an event starts with its name".into())),
+    };
     let first = match args.next() {
         Some(raw) => serde_json::from_str(raw.get()).map_err(|e| PacketError::Data(e.to_string()))?,
         None => Value::Null,
     };
     Ok((name, first))
+}
+
+/// A CONNECT's `auth` payload: none, or a JSON object (the reference parser refuses the rest).
+pub fn connect_auth(data: &str) -> Result<Option<Value>, PacketError> {
+    if data.is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str(data) {
+        Ok(auth @ Value::Object(_)) => Ok(Some(auth)),
+        Ok(_) => Err(PacketError::Data("a CONNECT payload is an object".into())),
+        Err(e) => Err(PacketError::Data(e.to_string())),
+    }
+}
+
+/// The most of a client's namespace name a refusal echoes back.
+const ECHOED_NAMESPACE: usize = 128;
+
+/// A client-given namespace name as a refusal echoes it: cut to a bound, at a character
+/// boundary, so that a huge name does not come back whole.
+pub fn echoed(ns: &str) -> &str {
+    if ns.len() <= ECHOED_NAMESPACE {
+        return ns;
+    }
+    let mut end = ECHOED_NAMESPACE;
+    while !ns.is_char_boundary(end) {
+        end -= 1;
+    }
+    &ns[..end]
 }
 
 /// Starts an outbound packet: `4`, the Socket.IO type digit, and the namespace unless `/`.
@@ -210,7 +240,10 @@ mod tests {
     fn reads_event_arguments() -> Result<(), PacketError> {
         assert_eq!(event_args("[\"a\",{\"b\":1},2]")?, ("a".into(), json!({"b": 1})));
         assert_eq!(event_args("[\"a\"]")?, ("a".into(), Value::Null));
-        assert!(event_args("[1]").is_err());
+        // The reference parser takes a number as a name.
+        assert_eq!(event_args("[1]")?, ("1".into(), Value::Null));
+        assert!(event_args("[null]").is_err());
+        assert!(event_args("{}").is_err());
         assert!(event_args("[]").is_err());
         assert!(event_args("{").is_err());
         Ok(())
