@@ -8,7 +8,7 @@ use std::time::Duration;
 pub struct Config {
     /// How often the server pings a client (sent in the open packet as `pingInterval`).
     /// Default 25 s, Engine.IO's own. The first ping of a session comes after a random half to
-    /// all of it, so that clients that connected together are not pinged together.
+    /// nine tenths of it, so that clients that connected together are not pinged together.
     pub ping_interval: Duration,
     /// How long a pinged client has to answer before it is closed with
     /// [`DisconnectReason::HeartbeatTimeout`](crate::DisconnectReason::HeartbeatTimeout) (`pingTimeout`).

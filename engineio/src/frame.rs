@@ -434,5 +434,59 @@ mod tests {
             read_all(&mut Reader::default(), &mut fragments, 100),
             Err(WsError::TooBig)
         );
+        // RFC 6455 §5.2: a 64-bit length's top bit must be 0 (a protocol error, not "too big").
+        let mut huge = vec![vec![0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]];
+        assert!(matches!(
+            read_all(&mut Reader::default(), &mut huge, 100),
+            Err(WsError::Protocol(_))
+        ));
+    }
+
+    fn close_with(payload: &[u8]) -> Result<Vec<String>, WsError> {
+        read_all(
+            &mut Reader::default(),
+            &mut [client_frame(true, OP_CLOSE, payload)],
+            100,
+        )
+    }
+
+    #[test]
+    fn close_frames_carry_an_allowed_code_and_a_utf8_reason() -> Result<(), WsError> {
+        assert_eq!(close_with(b"")?, ["close None"]);
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice("fin ✓".as_bytes());
+            assert_eq!(close_with(&payload)?, [format!("close Some({code})")]);
+        }
+        // The codes RFC 6455 §7.4 reserves or leaves undefined: the close fails with 1002.
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            let err = close_with(&code.to_be_bytes()).err();
+            assert_eq!(err.map(|e| e.close_code()), Some(CLOSE_PROTOCOL), "code {code}");
+        }
+        assert_eq!(close_with(&[0x03]).err().map(|e| e.close_code()), Some(CLOSE_PROTOCOL));
+        // A reason that is not UTF-8: 1007.
+        assert_eq!(close_with(&[0x03, 0xE8, 0xff]), Err(WsError::NotUtf8));
+        Ok(())
+    }
+
+    #[test]
+    fn a_fragmented_text_fails_at_its_first_bad_fragment() {
+        let mut reader = Reader::default();
+        // The first fragment ends inside a valid sequence: not an error yet.
+        let mut cut = vec![client_frame(false, OP_TEXT, &"é".as_bytes()[..1])];
+        assert_eq!(read_all(&mut reader, &mut cut, 100), Ok(vec![]));
+        // The next one breaks it: failed before the message's last fragment.
+        let mut broken = vec![client_frame(false, OP_CONTINUATION, &[0x41])];
+        assert_eq!(read_all(&mut reader, &mut broken, 100), Err(WsError::NotUtf8));
+        // A sequence split across fragments is fine.
+        let mut reader = Reader::default();
+        let bytes = "é!".as_bytes();
+        let mut split = vec![
+            client_frame(false, OP_TEXT, &bytes[..1]),
+            client_frame(true, OP_CONTINUATION, &bytes[1..]),
+        ];
+        assert_eq!(read_all(&mut reader, &mut split, 100), Ok(vec!["text:é!".to_owned()]));
     }
 }

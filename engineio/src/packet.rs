@@ -60,6 +60,8 @@ pub struct Packet {
     frame: Bytes,
     /// Where the text starts (the frame header's length).
     text_at: u8,
+    /// A binary message's polling form (`b` + base64), which is not in its frame.
+    binary_text: Option<Bytes>,
 }
 
 impl Packet {
@@ -77,6 +79,19 @@ impl Packet {
         Self {
             frame: Bytes::from(frame),
             text_at: 2,
+            binary_text: None,
+        }
+    }
+
+    /// A binary message: a WebSocket binary frame, or `b` + base64 in a polling payload.
+    pub fn binary(data: &[u8]) -> Self {
+        use base64::Engine as _;
+        let mut text = b"b".to_vec();
+        text.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(data).as_bytes());
+        Self {
+            frame: Bytes::from(frame::frame(frame::OP_BINARY, data)),
+            text_at: 0,
+            binary_text: Some(Bytes::from(text)),
         }
     }
 
@@ -87,7 +102,10 @@ impl Packet {
 
     /// The Engine.IO text, for polling.
     pub fn text(&self) -> &[u8] {
-        &self.frame[usize::from(self.text_at)..]
+        match &self.binary_text {
+            Some(text) => text,
+            None => &self.frame[usize::from(self.text_at)..],
+        }
     }
 }
 
@@ -127,6 +145,7 @@ impl PacketBuilder {
             frame: Bytes::from(out).slice(start..),
             // A header is at most 10 bytes.
             text_at: header.len() as u8,
+            binary_text: None,
         }
     }
 }

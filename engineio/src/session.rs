@@ -77,10 +77,11 @@ impl<D> Session<D> {
                 polling: false,
                 paused: false,
                 heartbeat: Heartbeat {
-                    // The first ping comes after half to all of the interval, at random:
+                    // The first ping comes after half to nine tenths of the interval, at random:
                     // clients that connected together (a reconnect storm, a load test) would
                     // otherwise be pinged together, every interval, for as long as they stay.
-                    next: Instant::now() + config.ping_interval.mul_f64(rand::random_range(0.5..=1.0)),
+                    // Never later than the reference server's, which a client may time.
+                    next: Instant::now() + config.ping_interval.mul_f64(rand::random_range(0.5..=0.9)),
                     awaiting_pong: false,
                 },
             }),

@@ -29,6 +29,16 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 /// Bytes read from a socket per system call.
 pub(crate) const READ_CHUNK: usize = 4096;
 
+/// What a WebSocket upgrade request is for.
+enum Probed<D> {
+    /// A new session.
+    New,
+    /// The upgrade of this polling session.
+    Polling(Arc<Session<D>>),
+    /// A session that already has its WebSocket, or one on the way.
+    Taken,
+}
+
 /// Answers a WebSocket upgrade request: a new session, or the upgrade of a polling one.
 pub(super) fn upgrade<H: Handler>(
     h: Arc<H>,
@@ -42,10 +52,12 @@ pub(super) fn upgrade<H: Handler>(
         return refuse(3, "Bad request");
     };
     let probed = match sid {
-        None => None,
+        None => Probed::New,
         Some(sid) => match h.engine().get(sid) {
-            Some(s) if !s.is_websocket() && !s.state().upgrading => Some(s),
-            Some(_) => return refuse(3, "Bad request"),
+            Some(s) if !s.is_websocket() && !s.state().upgrading => Probed::Polling(s),
+            // A second WebSocket for a session that has one: accepted, then closed, as the
+            // reference server does; the session carries on.
+            Some(_) => Probed::Taken,
             None => return refuse(1, "Session ID unknown"),
         },
     };
@@ -64,13 +76,19 @@ pub(super) fn upgrade<H: Handler>(
         };
         let mut reader = frame::Reader::default();
         let session = match probed {
-            Some(session) => {
+            Probed::Polling(session) => {
                 if !probe(&h, &session, &tcp, upgraded, &mut reader).await {
                     return;
                 }
                 session
             }
-            None => {
+            Probed::Taken => {
+                drop(upgraded);
+                let _ = tcp.try_write(&frame::close_frame(frame::CLOSE_NORMAL));
+                shutdown(&tcp);
+                return;
+            }
+            Probed::New => {
                 let session = h.engine().open(token, Transport::WebSocket(tcp.clone()));
                 session.send(h.engine().open_packet(&session.sid, &[]));
                 if let Err(reason) = read_buffered(&h, &session, &tcp, upgraded, &mut reader) {
