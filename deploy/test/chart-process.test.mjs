@@ -558,7 +558,7 @@ test('REST through the balancer reaches a user on any pod', async () => {
   assert.equal(r.status, 404);
 });
 
-test('SIGTERM after preStop: the pod drains within the chart\'s grace, its clients reconnect through the balancer to the other pods, nothing is lost', async () => {
+test('SIGTERM after preStop: the pod drains within the chart\'s grace, its clients reconnect through the balancer to the other pods, nothing is lost', async (t) => {
   const podSpec = S.deployment.spec.template.spec;
   const grace = podSpec.terminationGracePeriodSeconds;
   const preStop = S.container.lifecycle?.preStop?.exec?.command;
@@ -595,6 +595,7 @@ test('SIGTERM after preStop: the pod drains within the chart\'s grace, its clien
   const exit = await withTimeout(victim.child.exited, grace * 1000 - (termAt - t0), `${victim.name} exits within terminationGracePeriodSeconds`);
   assert.deepEqual(exit, { code: 0, signal: null }, `${victim.name} exit`);
   const drainedIn = Date.now() - t0;
+  t.diagnostic(`${victim.name} held ${counts[victim.name]} of ${total} connections; preStop + drain + exit: ${drainedIn} ms (SIGTERM to exit ${Date.now() - termAt} ms), grace ${grace} s`);
   assert.ok(drainedIn < grace * 1000, `preStop + drain took ${drainedIn} ms, grace ${grace} s`);
 
   // Everyone is connected again, through the balancer, to the remaining pods.
@@ -619,6 +620,7 @@ test('SIGTERM after preStop: the pod drains within the chart\'s grace, its clien
   const last = await postMessage('after drain');
   await everyoneHas([last], 10_000);
   assert.ok(sent.length >= 5, `messages sent during the drain: ${sent.length}`);
+  t.diagnostic(`moved: ${moved.map((c) => `${c.user} (${c.reasons.slice(reasonsBefore.get(c)).join(', ')})`).join('; ')}; ${sent.length} messages posted during the drain, last seq ${last}; connections after: ${JSON.stringify(after)}`);
   for (const c of S.clients) {
     const firstSeq = Math.min(...c.seqs.keys());
     const missing = [];
