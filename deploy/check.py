@@ -297,6 +297,46 @@ def _notes_no_secret() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# names the binary must know: env variables and config keys (it ignores unknown variables)
+
+BIN = Path(os.environ.get("SWITCHBOARD_BIN", ROOT / "target" / "debug" / "switchboard"))
+
+
+@check("every SWITCHBOARD_* variable and config key the chart and compose file use is one the binary reads (serve --help)")
+def _names() -> None:
+    assert BIN.is_file() and os.access(BIN, os.X_OK), f"no switchboard binary at {BIN} (cargo build, or set SWITCHBOARD_BIN)"
+    help_text = run([str(BIN), "serve", "--help"]).stdout
+    known_env = set(re.findall(r"\[env:\s+(SWITCHBOARD_[A-Z_]+)=", help_text))
+    known_flags = set(re.findall(r"^\s+--([a-z][a-z-]+)", help_text, re.M))
+    assert len(known_env) > 20 and "listen" in known_flags, "could not read serve --help"
+    used: dict[str, str] = {}
+    for set_name, objects in RENDERED.items():
+        for o in objects:
+            if o["kind"] not in ("Deployment", "Job"):
+                continue
+            for c in o["spec"]["template"]["spec"]["containers"]:
+                for e in c.get("env", []):
+                    used.setdefault(e["name"], f"{o['kind']} ({set_name} values)")
+                for a in c.get("args", []):
+                    if a.startswith("--"):
+                        flag = a[2:].split("=", 1)[0]
+                        assert flag in known_flags, f"{o['kind']} ({set_name} values) passes --{flag}, which serve does not know"
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    for name, svc in compose["services"].items():
+        env = svc.get("environment") or {}
+        for k in env:
+            used.setdefault(k, f"compose service {name}")
+    image_env = re.findall(r"^ENV\s+(SWITCHBOARD_[A-Z_]+)=", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
+    for k in image_env:
+        used.setdefault(k, "deploy/Dockerfile")
+    unknown = {k: where for k, where in used.items() if k.startswith("SWITCHBOARD_") and k not in known_env}
+    assert not unknown, f"variables the binary does not read: {unknown}"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    keys = set(schema["properties"]["config"]["properties"])
+    assert keys <= known_flags, f"config keys in values.schema.json that are not flags: {sorted(keys - known_flags)}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Dockerfile, compose, load balancer
 
 
