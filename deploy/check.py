@@ -67,6 +67,7 @@ def kinds(objects: list[dict[str, Any]]) -> list[str]:
 
 
 RENDERED: dict[str, list[dict[str, Any]]] = {}
+NOTES: dict[str, str] = {}
 
 # ---------------------------------------------------------------------------------------------
 # helm lint, strict, for every value set and both Kubernetes versions
@@ -94,6 +95,7 @@ for set_name, path in VALUE_SETS.items():
         assert kinds(objects) == kinds(upgrade_objects), "install and upgrade render different kinds"
         assert "Switchboard" in notes and "/ready" in notes, "NOTES.txt does not say how to connect"
         RENDERED[set_name] = objects
+        NOTES[set_name] = notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +227,7 @@ def _production() -> None:
     assert sm["endpoints"][0]["port"] == "http" and sm["endpoints"][0]["path"] == "/metrics"
     assert sm["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     spread = pod["topologySpreadConstraints"]
+    assert 'io("https://realtime.example.com"' in NOTES["production"], "NOTES.txt gives the ingress URL to connect to"
     assert [t["topologyKey"] for t in spread] == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
 
 
