@@ -516,7 +516,7 @@ test('Socket.IO over WebSocket through the balancer: clients land on all three p
   await everyoneHas([ack.message.seq]);
 });
 
-test('Socket.IO over long-polling only works through the balancer because of the stickiness cookie', async () => {
+test('Socket.IO over long-polling only works through the balancer because of the stickiness cookie', async (t) => {
   const before = await stats();
   const polling = [];
   for (let i = 0; i < 6; i++) polling.push(await client(`poll-${i}`, 'polling'));
@@ -537,12 +537,18 @@ test('Socket.IO over long-polling only works through the balancer because of the
   const errors = [];
   loose.socket.on('connect_error', (e) => errors.push(e.message));
   loose.socket.io.on('error', (e) => errors.push(`manager: ${e.message}`));
+  let handshakes = 0;
+  loose.socket.io.on('open', () => handshakes++);
   await sleep(4_000);
   const stable = loose.socket.connected && loose.joins > 0 && loose.reasons.length === 0 && errors.length === 0;
   loose.socket.close();
   sockets.delete(loose.socket);
   assert.ok(!stable, 'a polling client without the stickiness cookie kept a working session through the balancer');
-  assert.ok(errors.length + loose.reasons.length >= 1 || loose.joins === 0, `no failure seen (connects ${loose.connects})`);
+  // Its handshakes did succeed (the token and the balancer are fine): what fails is the session's
+  // next requests, sent to pods that do not hold it.
+  assert.ok(handshakes >= 1, 'the cookie-less client completed no Engine.IO handshake');
+  assert.ok(errors.length + loose.reasons.length >= 1, `no failure seen (handshakes ${handshakes}, connects ${loose.connects})`);
+  t.diagnostic(`without the cookie: ${handshakes} handshakes, ${loose.connects} connects, ${errors.length + loose.reasons.length} failures in 4 s`);
 });
 
 test('REST through the balancer reaches a user on any pod', async () => {
