@@ -42,6 +42,16 @@ const work = mkdtempSync(join(tmpdir(), 'switchboard-chart-'));
 const children = new Set();
 const sockets = new Set();
 let pgDb = null;
+// Safety net: nothing this file started outlives it.
+process.on('exit', () => {
+  for (const p of children) {
+    try {
+      p.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
 
 // ---------------------------------------------------------------------------------------------
 // helpers
