@@ -14,7 +14,9 @@
 //!   Engine.IO sessions and plain WebSockets.
 //! - [`frame`]: RFC 6455 framing over the raw TCP stream (client frames in, headers out).
 //! - `transport`: the HTTP routes — handshake, long-polling, WebSocket and the upgrade.
-//! - [`net`]: accepted connections whose TCP stream a WebSocket session takes over.
+//! - [`net`]: accepted connections whose TCP stream a WebSocket session takes over, counted.
+//! - [`serve`]: HTTP over them with a request-head deadline, a connection cap that still
+//!   serves the probes, and a graceful stop.
 //! - [`stats`]: process-wide counters for the embedding server's metrics.
 
 #![warn(missing_docs)]
@@ -26,6 +28,7 @@ pub mod frame;
 pub mod net;
 mod outbox;
 pub mod packet;
+pub mod serve;
 pub mod session;
 pub mod stats;
 mod transport;

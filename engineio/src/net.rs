@@ -8,21 +8,96 @@ use axum::serve::{IncomingStream, Listener};
 use socket2::SockRef;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A TCP listener whose connections' streams are shared with [`ConnInfo`].
+/// Open connections of a server, counted from accept to the last handle's drop (a WebSocket
+/// session holds its connection past hyper's).
+#[derive(Clone, Default, Debug)]
+pub struct OpenCount(Arc<AtomicUsize>);
+
+impl OpenCount {
+    /// Connections open now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn track(&self, tcp: TcpStream) -> TcpConn {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        TcpConn {
+            tcp,
+            open: self.clone(),
+        }
+    }
+}
+
+/// An accepted TCP connection, counted in its server's [`OpenCount`] while it lives.
+#[derive(Debug)]
+pub struct TcpConn {
+    tcp: TcpStream,
+    open: OpenCount,
+}
+
+impl Deref for TcpConn {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
+
+impl Drop for TcpConn {
+    fn drop(&mut self) {
+        self.open.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts one connection; a failure (out of file descriptors and the like) waits a moment
+/// instead of spinning, and is logged at most once a second.
+pub async fn accept(listener: &TcpListener, open: &OpenCount) -> (Arc<TcpConn>, SocketAddr) {
+    let mut failures = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                if failures > 1 {
+                    tracing::warn!(failures, "accepting again after failures");
+                }
+                // Small frames must leave at once: without NODELAY, back-to-back frames stall ~40 ms.
+                let _ = stream.set_nodelay(true);
+                return (Arc::new(open.track(stream)), addr);
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                }
+                failures += 1;
+                // Backoff up to 1 s: a full fd table frees up as connections close.
+                let pause = 10u64.saturating_mul(1 << failures.min(7)).min(1000);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+        }
+    }
+}
+
+/// A TCP listener whose connections' streams are shared with [`ConnInfo`], for
+/// `axum::serve` (tests and examples; the gateway serves through [`crate::serve`]).
 pub struct ClosableListener {
     inner: TcpListener,
+    open: OpenCount,
 }
 
 impl ClosableListener {
     /// Wraps a bound listener.
     pub fn new(inner: TcpListener) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            open: OpenCount::default(),
+        }
     }
 }
 
@@ -31,20 +106,8 @@ impl Listener for ClosableListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    // Small frames must leave at once: without NODELAY, back-to-back frames stall ~40 ms.
-                    let _ = stream.set_nodelay(true);
-                    return (ClosableStream(Arc::new(stream)), addr);
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let (conn, addr) = accept(&self.inner, &self.open).await;
+        (ClosableStream(conn), addr)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -53,7 +116,7 @@ impl Listener for ClosableListener {
 }
 
 /// An accepted connection; the stream is shared with its [`ConnInfo`].
-pub struct ClosableStream(Arc<TcpStream>);
+pub struct ClosableStream(pub(crate) Arc<TcpConn>);
 
 /// What handlers learn about the connection a request came on.
 #[derive(Clone, Debug)]
@@ -61,7 +124,7 @@ pub struct ConnInfo {
     /// The peer.
     pub remote: SocketAddr,
     /// The connection itself.
-    pub stream: Arc<TcpStream>,
+    pub stream: Arc<TcpConn>,
 }
 
 impl Connected<IncomingStream<'_, ClosableListener>> for ConnInfo {
@@ -125,6 +188,6 @@ impl AsyncWrite for ClosableStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(SockRef::from(self.0.as_ref()).shutdown(Shutdown::Write))
+        Poll::Ready(SockRef::from(&**self.0).shutdown(Shutdown::Write))
     }
 }

@@ -8,17 +8,17 @@
 
 use crate::close::{Closing, DisconnectReason};
 use crate::config::Config;
+use crate::net::TcpConn;
 use crate::outbox::{Outbox, Pushed};
 use crate::packet::Packet;
 use crate::stats;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub(crate) enum Transport {
     Polling,
-    WebSocket(Arc<TcpStream>),
+    WebSocket(Arc<TcpConn>),
 }
 
 pub(crate) struct Heartbeat {
@@ -116,7 +116,7 @@ impl<D> Session<D> {
         }
         let inner = &mut *st;
         let tcp = match &inner.transport {
-            Transport::WebSocket(tcp) if write_through => Some(tcp.as_ref()),
+            Transport::WebSocket(tcp) if write_through => Some(&***tcp),
             _ => None,
         };
         match inner.out.push(tcp, packet, self.max_queue) {

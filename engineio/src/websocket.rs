@@ -9,6 +9,7 @@
 use crate::close::DisconnectReason;
 use crate::frame::{self, Incoming};
 use crate::net::ConnInfo;
+use crate::net::TcpConn;
 use crate::outbox::{Flushed, Outbox, Pushed};
 use crate::packet::Packet;
 use crate::stats;
@@ -19,7 +20,6 @@ use axum::response::Response;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -87,7 +87,7 @@ impl HandshakeError {
 /// A checked handshake whose 101 answer has not yet reached the client.
 pub struct Upgrade {
     on_upgrade: hyper::upgrade::OnUpgrade,
-    tcp: Arc<TcpStream>,
+    tcp: Arc<TcpConn>,
 }
 
 /// Checks a WebSocket handshake and builds its 101 answer, with the first subprotocol the
@@ -189,7 +189,7 @@ struct State {
 
 /// The sending side of a plain WebSocket, shared by whoever writes to the client.
 pub struct WebSocket {
-    tcp: Arc<TcpStream>,
+    tcp: Arc<TcpConn>,
     state: Mutex<State>,
     /// Wakes the socket's task: something queued, a close, reading resumed.
     wake: Notify,

@@ -9,7 +9,6 @@ use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::redis::Redis;
 use crate::socketio::SocketIoAdapter;
 use crate::store::{ConversationStore, Guarded, MessageStore, MongoStore, SqlStore};
-use engineio::net::{ClosableListener, ConnInfo};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -220,17 +219,18 @@ pub async fn serve(
             }
         }
     };
-    let served = axum::serve(
-        ClosableListener::new(listener),
-        router.into_make_service_with_connect_info::<ConnInfo>(),
-    )
-    .with_graceful_shutdown(drain);
+    let limits = engineio::serve::Limits {
+        header_read_timeout: config.limits.header_read_timeout,
+        max_connections: config.limits.max_connections,
+        probes: &["/health", "/ready", "/metrics"],
+    };
+    let served = engineio::serve::serve(listener, router, limits, drain);
     let deadline = async {
         signalled.cancelled().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        served = served => served?,
+        () = served => {}
         () = deadline => tracing::warn!(?grace, "shutdown grace exceeded; stopping with connections still open"),
     }
 

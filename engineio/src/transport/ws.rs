@@ -8,6 +8,7 @@ use crate::close::{Closing, DisconnectReason};
 use crate::engine::{Handler, finish};
 use crate::frame;
 use crate::net::ConnInfo;
+use crate::net::TcpConn;
 use crate::outbox::Flushed;
 use crate::packet::{self, EnginePacket};
 use crate::session::{Session, Transport};
@@ -275,7 +276,7 @@ fn flush<D>(session: &Session<D>, tcp: &TcpStream) -> Result<Flushed, Disconnect
 async fn run_websocket<H: Handler>(
     h: &Arc<H>,
     session: &Arc<Session<H::Data>>,
-    tcp: &Arc<TcpStream>,
+    tcp: &Arc<TcpConn>,
     mut reader: frame::Reader,
 ) {
     let settings = h.engine().settings.clone();
@@ -349,7 +350,7 @@ enum Step {
 fn probe_frames<H: Handler>(
     h: &Arc<H>,
     session: &Arc<Session<H::Data>>,
-    tcp: &Arc<TcpStream>,
+    tcp: &Arc<TcpConn>,
     reader: &mut frame::Reader,
     data: &mut [u8],
     step: &mut Step,
@@ -403,7 +404,7 @@ fn probe_frames<H: Handler>(
 async fn probe<H: Handler>(
     h: &Arc<H>,
     session: &Arc<Session<H::Data>>,
-    tcp: &Arc<TcpStream>,
+    tcp: &Arc<TcpConn>,
     upgraded: hyper::upgrade::Upgraded,
     reader: &mut frame::Reader,
 ) -> bool {
@@ -439,7 +440,7 @@ async fn probe<H: Handler>(
 fn read_probe<H: Handler>(
     h: &Arc<H>,
     session: &Arc<Session<H::Data>>,
-    tcp: &Arc<TcpStream>,
+    tcp: &Arc<TcpConn>,
     reader: &mut frame::Reader,
     step: &mut Step,
 ) -> Result<(), DisconnectReason> {

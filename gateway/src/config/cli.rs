@@ -221,6 +221,21 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
 
+    /// Open connections past which new ones get only /health, /ready and /metrics [default: the file-descriptor limit minus 256]
+    #[arg(long, global = true, env = "SWITCHBOARD_MAX_CONNECTIONS", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
+    pub max_connections: Option<String>,
+
+    /// How long a connection may take to send a request's head before it is closed [default: 10s]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_HEADER_READ_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<String>,
+
     /// Inbound events per connection, e.g. 50/s,burst=200 [default: 50/s,burst=200]
     #[arg(long, global = true, env = "SWITCHBOARD_RATE_LIMIT", value_name = "RATE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -23,7 +23,7 @@ pub use jwt::jwt_settings;
 pub use parse::parse_duration;
 pub use settings::{
     AccessMode, AuthConfig, Config, CorsOrigins, DEFAULT_LISTEN, LogFormat, ProfileName, RateLimit, RedisSettings,
-    SocketIoSettings,
+    ServerLimits, SocketIoSettings,
 };
 
 /// A configuration error: one line, naming the flag at fault.

@@ -89,6 +89,15 @@ pub struct SocketIoSettings {
     pub connect_timeout: Duration,
 }
 
+/// What the HTTP server allows one client.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Open connections past which new ones are served the probes only.
+    pub max_connections: usize,
+    /// Deadline for a request's head.
+    pub header_read_timeout: Duration,
+}
+
 /// Cluster mode.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -119,6 +128,8 @@ pub struct Config {
     pub cors: CorsOrigins,
     /// Socket.IO.
     pub socketio: SocketIoSettings,
+    /// What the HTTP server allows one client.
+    pub limits: ServerLimits,
     /// Largest message content, in bytes.
     pub max_message_bytes: u64,
     /// Presence entry lifetime without heartbeat.

@@ -6,8 +6,8 @@ use super::parse::{
 };
 use super::settings::DEFAULT_LISTEN;
 use super::{
-    AccessMode, AuthConfig, Config, ConfigError, CorsOrigins, LogFormat, Options, RedisSettings, SocketIoSettings,
-    invalid,
+    AccessMode, AuthConfig, Config, ConfigError, CorsOrigins, LogFormat, Options, RedisSettings, ServerLimits,
+    SocketIoSettings, invalid,
 };
 use crate::dev::DevCredentials;
 use shared::NodeId;
@@ -118,7 +118,18 @@ impl Config {
         let ping_interval = parse_duration("ping-interval", o.ping_interval.as_deref().unwrap_or("5s"))?;
         let ping_timeout = parse_duration("ping-timeout", o.ping_timeout.as_deref().unwrap_or("10s"))?;
         let connect_timeout = parse_duration("connect-timeout", o.connect_timeout.as_deref().unwrap_or("45s"))?;
+        let max_connections = match o.max_connections.as_deref() {
+            None => default_max_connections(),
+            Some(n) => n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("max-connections", "expected a positive integer"))?,
+        };
+        let header_read_timeout =
+            parse_duration("header-read-timeout", o.header_read_timeout.as_deref().unwrap_or("10s"))?;
         for (flag, d) in [
+            ("header-read-timeout", header_read_timeout),
             ("ping-interval", ping_interval),
             ("ping-timeout", ping_timeout),
             ("connect-timeout", connect_timeout),
@@ -166,6 +177,10 @@ impl Config {
                 ping_timeout,
                 connect_timeout,
             },
+            limits: ServerLimits {
+                max_connections,
+                header_read_timeout,
+            },
             max_message_bytes,
             presence_ttl,
             offline_grace: parse_duration("offline-grace", o.offline_grace.as_deref().unwrap_or("3s"))?,
@@ -189,4 +204,14 @@ impl Config {
             log_format,
         })
     }
+}
+
+/// The file descriptors this process may open, less room for the store, Redis, logs and the
+/// probes: past it a node would fail to accept at all.
+fn default_max_connections() -> usize {
+    const RESERVED: u64 = 256;
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    usize::try_from(limit.saturating_sub(RESERVED).max(64)).unwrap_or(usize::MAX)
 }
