@@ -111,6 +111,7 @@ impl Node {
             access: config.access,
             offline_grace: config.offline_grace,
             max_message_bytes: config.max_message_bytes,
+            limits: config.limits,
         };
         let domain = Arc::new(Domain::new(backends, rules, tasks.clone(), shutdown.clone()));
         inlet.connect(&(domain.clone() as Arc<dyn LocalSink>));
