@@ -136,7 +136,7 @@ start_cluster() {
     # shellcheck disable=SC2086 # NODE_ARGS is a list of flags
     "$SWITCHBOARD_BIN" serve --listen 127.0.0.1:0 --jwt-secret "$SECRET" --access open \
       --api-key "$API_KEY" --redis-url "redis://127.0.0.1:$port" --redis-prefix bench \
-      --node-id "$id" --log warn --rate-limit 100000/s,burst=100000 --worker-threads "$NODE_WORKERS" \
+      --node-id "$id" --log warn --rate-limit 100000/s,burst=100000 --user-rate-limit 100000/s,burst=100000 --worker-threads "$NODE_WORKERS" \
       "$@" $NODE_ARGS \
       >"$dir/node$id.out" 2>"$dir/node$id.err" &
     local pid=$!

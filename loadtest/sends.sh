@@ -82,7 +82,7 @@ for run in $(seq 1 "$RUNS"); do
   port="$(free_port)"
   # shellcheck disable=SC2086
   "$SWITCHBOARD_BIN" --listen "127.0.0.1:$port" --jwt-secret S --api-key K --log warn \
-    --rate-limit 100000/s,burst=100000 --database-url "$url" $NODE_ARGS &
+    --rate-limit 100000/s,burst=100000 --user-rate-limit 100000/s,burst=100000 --database-url "$url" $NODE_ARGS &
   node=$!
   for _ in $(seq 1 100); do
     curl -fs "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break

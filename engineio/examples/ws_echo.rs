@@ -1,8 +1,7 @@
 //! A plain WebSocket echo server on this crate's [`engineio::websocket`] (the socket Phoenix
 //! Channels runs on, over the same RFC 6455 reader as Engine.IO's WebSocket transport), for
-//! the Autobahn TestSuite's fuzzingclient (`scripts/autobahn`). Text messages are echoed;
-//! binary messages are ignored by the plain WebSocket, so Autobahn's binary cases fail here
-//! by design.
+//! the Autobahn TestSuite's fuzzingclient (`scripts/autobahn`): text and binary messages are
+//! echoed.
 //!
 //! Usage: `cargo run -p engineio --example ws_echo -- 127.0.0.1:9001`
 
@@ -12,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use engineio::Packet;
 use engineio::net::{ClosableListener, ConnInfo};
-use engineio::websocket::{self, WsConfig};
+use engineio::websocket::{self, Message, WsConfig};
 
 async fn echo(ConnectInfo(info): ConnectInfo<ConnInfo>, mut request: Request) -> Response {
     let (response, upgrade) = match websocket::accept(&mut request, &info, &[]) {
@@ -27,7 +26,12 @@ async fn echo(ConnectInfo(info): ConnectInfo<ConnInfo>, mut request: Request) ->
         };
         if let Some((socket, reading)) = upgrade.open(config).await {
             let sender = socket.clone();
-            reading.run(move |text| sender.send(Packet::new(text.as_bytes()))).await;
+            reading
+                .run_messages(move |m| match m {
+                    Message::Text(text) => sender.send(Packet::new(text.as_bytes())),
+                    Message::Binary(data) => sender.send(Packet::binary(data)),
+                })
+                .await;
         }
     });
     response
@@ -38,7 +42,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
-    let app = Router::new().fallback(get(echo)).into_make_service_with_connect_info::<ConnInfo>();
+    let app = Router::new()
+        .fallback(get(echo))
+        .into_make_service_with_connect_info::<ConnInfo>();
     axum::serve(ClosableListener::new(listener), app).await?;
     Ok(())
 }

@@ -293,6 +293,15 @@ impl WebSocket {
     }
 }
 
+/// A whole message from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message.
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
 /// A plain WebSocket's one task; see [`Reading::run`].
 pub struct Reading {
     socket: Arc<WebSocket>,
@@ -305,7 +314,16 @@ impl Reading {
     /// Runs the socket until it closes, handing each text message to `on_text` (from this
     /// task: it must not block). Answers pings, ignores binary messages, closes an idle
     /// client, writes what could not be written at once, and returns why the socket ended.
-    pub async fn run(mut self, mut on_text: impl FnMut(&str)) -> DisconnectReason {
+    pub async fn run(self, mut on_text: impl FnMut(&str)) -> DisconnectReason {
+        self.run_messages(|m| match m {
+            Message::Text(text) => on_text(text),
+            Message::Binary(_) => tracing::debug!("binary message ignored"),
+        })
+        .await
+    }
+
+    /// [`Reading::run`], handing binary messages to `on` as well.
+    pub async fn run_messages(mut self, mut on_text: impl FnMut(Message<'_>)) -> DisconnectReason {
         let socket = self.socket.clone();
         let tcp = socket.tcp.clone();
         let mut early = std::mem::take(&mut self.early);
@@ -371,7 +389,7 @@ impl Reading {
     }
 
     /// Reads every byte available now; whether any came.
-    fn read_now(&mut self, on_text: &mut impl FnMut(&str)) -> Result<bool, Close> {
+    fn read_now(&mut self, on_text: &mut impl FnMut(Message<'_>)) -> Result<bool, Close> {
         let mut any = false;
         loop {
             let mut buf = [0u8; READ_CHUNK];
@@ -395,14 +413,14 @@ impl Reading {
     }
 
     /// Handles the client frames in `data`.
-    fn frames(&mut self, data: &mut [u8], on_text: &mut impl FnMut(&str)) -> Result<(), Close> {
+    fn frames(&mut self, data: &mut [u8], on_text: &mut impl FnMut(Message<'_>)) -> Result<(), Close> {
         let socket = &self.socket;
         let mut client_closed = None;
         let fed = self.reader.feed(data, self.config.max_payload, &mut |m| match m {
             // Messages after a close (the handler's own, or the client's) are not handled.
-            Incoming::Text(text) if client_closed.is_none() && !socket.is_closed() => on_text(text),
-            Incoming::Text(_) => {}
-            Incoming::Binary(_) => tracing::debug!("binary message ignored"),
+            Incoming::Text(text) if client_closed.is_none() && !socket.is_closed() => on_text(Message::Text(text)),
+            Incoming::Binary(data) if client_closed.is_none() && !socket.is_closed() => on_text(Message::Binary(data)),
+            Incoming::Text(_) | Incoming::Binary(_) => {}
             Incoming::Ping(payload) => socket.send(Packet::control(frame::OP_PONG, payload)),
             Incoming::Pong => {}
             Incoming::Close(code) => client_closed = Some(code.unwrap_or(CLOSE_NORMAL)),

@@ -2,32 +2,63 @@
 //! seed clients send, read leniently (ids as strings or numbers, bare values or objects) and
 //! strictly (a wrong type is a `bad_request` naming the field).
 
-use crate::domain::{DomainError, HistoryRequest, SendRequest};
+use crate::domain::{DomainError, HistoryRequest, MAX_ATTACHMENTS, SendRequest};
 use serde_json::{Map, Value};
-use shared::{ConversationId, Status, UserId};
+use shared::{ConversationId, Status, UserId, check_id};
 
-/// Longest id accepted, in bytes.
-pub const MAX_ID_BYTES: usize = 256;
+/// Most conversation ids one `conversation:read` (`mark_all_read`) names.
+pub const MAX_READ_CONVERSATIONS: usize = 100;
+/// Most members one `POST /api/conversations` names.
+pub const MAX_MEMBERS: usize = 1000;
 
 fn bad(msg: impl Into<String>) -> DomainError {
     DomainError::BadRequest(msg.into())
 }
 
-/// A scalar id: a non-empty string or an integer.
+/// An id given as text (a REST path segment, a Phoenix topic's id), by the one id rule
+/// ([`check_id`]): trimmed, 1 to 256 bytes, no control characters; the error names `field`.
+pub fn id(field: &str, raw: &str) -> Result<String, DomainError> {
+    check_id(raw)
+        .map(str::to_owned)
+        .map_err(|e| bad(format!("{field} {e}")))
+}
+
+/// A scalar id: a string (by the id rule) or an integer.
 fn scalar_id(field: &str, v: &Value) -> Result<String, DomainError> {
-    let id = match v {
-        Value::String(s) => s.trim().to_owned(),
-        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
-        Value::Null => return Err(bad(format!("{field} is required"))),
-        _ => return Err(bad(format!("{field} must be a string or an integer"))),
-    };
-    if id.is_empty() {
-        return Err(bad(format!("{field} must not be empty")));
+    match v {
+        Value::String(s) => id(field, s),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        Value::Null => Err(bad(format!("{field} is required"))),
+        _ => Err(bad(format!("{field} must be a string or an integer"))),
     }
-    if id.len() > MAX_ID_BYTES {
-        return Err(bad(format!("{field} is longer than {MAX_ID_BYTES} bytes")));
+}
+
+/// A conversation id given as text (a REST path, a Phoenix topic).
+pub fn conversation_id(raw: &str) -> Result<ConversationId, DomainError> {
+    id("conversationId", raw).map(ConversationId)
+}
+
+/// A user id given as text (a REST path).
+pub fn user_id(raw: &str) -> Result<UserId, DomainError> {
+    id("userId", raw).map(UserId)
+}
+
+/// A user id given as a JSON value (a REST body's `userId`, `senderId`, `members`).
+pub fn user_value(field: &str, v: &Value) -> Result<UserId, DomainError> {
+    scalar_id(field, v).map(UserId)
+}
+
+/// A conversation id given as a JSON value (`POST /api/conversations`' `id`).
+pub fn conversation_value(field: &str, v: &Value) -> Result<ConversationId, DomainError> {
+    scalar_id(field, v).map(ConversationId)
+}
+
+/// The `members` of a new conversation: at most [`MAX_MEMBERS`] user ids.
+pub fn members(values: &[Value]) -> Result<Vec<UserId>, DomainError> {
+    if values.len() > MAX_MEMBERS {
+        return Err(bad(format!("at most {MAX_MEMBERS} members")));
     }
-    Ok(id)
+    values.iter().map(|m| user_value("members", m)).collect()
 }
 
 /// `{ conversationId }`, `{ roomId }`, `{ bamId }` or a bare id.
@@ -119,6 +150,9 @@ pub fn send(v: &Value) -> Result<SendRequest, DomainError> {
     };
     let attachments = match map.get("attachments") {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() > MAX_ATTACHMENTS => {
+            return Err(bad(format!("at most {MAX_ATTACHMENTS} attachments")));
+        }
         Some(Value::Array(items)) => items
             .iter()
             .map(|i| i.as_str().map(str::to_owned))
@@ -165,9 +199,13 @@ pub fn reaction(v: &Value) -> Result<(String, String), DomainError> {
     }
 }
 
-/// `{ conversationId }`, `{ conversationIds: [] }` or a bare id.
+/// `{ conversationId }`, `{ conversationIds: [] }` (1 to [`MAX_READ_CONVERSATIONS`]) or a
+/// bare id. The length is checked before any id is read.
 pub fn conversations(v: &Value) -> Result<Vec<ConversationId>, DomainError> {
     match v.get("conversationIds") {
+        Some(Value::Array(items)) if items.len() > MAX_READ_CONVERSATIONS => {
+            Err(bad(format!("at most {MAX_READ_CONVERSATIONS} conversationIds")))
+        }
         Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
             .map(|i| scalar_id("conversationIds", i).map(ConversationId))
@@ -195,6 +233,56 @@ pub fn history(v: &Value) -> Result<HistoryRequest, DomainError> {
             .transpose()?;
     }
     Ok(request)
+}
+
+/// The property `fuzz/fuzz_targets/inbound.rs` checks on any input, and `cargo test` on its
+/// stored corpus: every payload reader answers a value or a `bad_request`, never a panic, and
+/// what it answers keeps the bounds (ids by the id rule, arrays within their maximums).
+#[doc(hidden)]
+pub fn fuzz_read(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(raw) = id("id", text) {
+        assert_eq!(check_id(&raw), Ok(raw.as_str()), "{raw:?}");
+    }
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    let valid = |id: &str| assert!(check_id(id) == Ok(id), "id {id:?} from {text:?}");
+    if let Ok(c) = conversation(&v) {
+        valid(c.as_str());
+    }
+    if let Ok((c, _)) = typing(&v) {
+        valid(c.as_str());
+    }
+    let _ = status(&v);
+    if let Ok(u) = user(&v) {
+        valid(u.as_str());
+    }
+    let _ = last_seq(&v).map(|n| assert!(n.is_none_or(|n| n >= 0)));
+    if let Ok(send) = send(&v) {
+        valid(send.conversation_id.as_str());
+        assert!(send.attachments.len() <= MAX_ATTACHMENTS);
+    }
+    if let Ok(m) = message_id(&v) {
+        valid(&m);
+    }
+    if let Ok((m, _)) = reaction(&v) {
+        valid(&m);
+    }
+    if let Ok(cs) = conversations(&v) {
+        assert!((1..=MAX_READ_CONVERSATIONS).contains(&cs.len()));
+        cs.iter().for_each(|c| valid(c.as_str()));
+    }
+    if let Ok(h) = history(&v) {
+        valid(h.conversation_id.as_str());
+        assert!(h.before.is_none_or(|n| n >= 0) && h.after.is_none_or(|n| n >= 0));
+    }
+    if let Some(items) = v.as_array()
+        && let Ok(ms) = members(items)
+    {
+        assert!(ms.len() <= MAX_MEMBERS);
+        ms.iter().for_each(|m| valid(m.as_str()));
+    }
 }
 
 #[cfg(test)]
@@ -234,5 +322,56 @@ mod tests {
         assert_eq!(status(&json!("busy")).ok(), Some(Status::Busy));
         assert!(typing(&json!({"conversationId": 1, "isTyping": "yes"})).is_err());
         assert!(user(&json!({"userId": {"x": 1}})).is_err());
+    }
+
+    /// Issue 12, item 7: the one id rule, whatever the shape.
+    #[test]
+    fn ids_follow_the_one_rule() {
+        let refused = [
+            json!("   "),
+            json!({"roomId": " \t "}),
+            json!("x".repeat(257)),
+            json!("x".repeat(490)),
+            json!("a\u{1}b"),
+            json!({"conversationId": "a\nb"}),
+        ];
+        for v in refused {
+            assert!(matches!(conversation(&v), Err(DomainError::BadRequest(_))), "{v}");
+        }
+        assert_eq!(conversation(&json!("  42 ")).ok(), Some(ConversationId::from("42")));
+        assert_eq!(conversation(&json!("x".repeat(256))).map(|c| c.0.len()).ok(), Some(256));
+        assert!(user(&json!("x".repeat(600_000))).is_err());
+        assert!(conversation_id("   ").is_err());
+        assert!(user_id(&"u".repeat(300)).is_err());
+        assert_eq!(conversation_id(" a ").ok(), Some(ConversationId::from("a")));
+    }
+
+    /// Issue 12, item 8: arrays over their bound are refused before any element is read.
+    #[test]
+    fn arrays_are_bounded() {
+        let ids: Vec<Value> = (0..60_000).map(|n| json!(n.to_string())).collect();
+        let err = conversations(&json!({ "conversationIds": ids })).err();
+        assert_eq!(
+            err,
+            Some(DomainError::BadRequest(format!(
+                "at most {MAX_READ_CONVERSATIONS} conversationIds"
+            )))
+        );
+        let ok: Vec<Value> = (0..MAX_READ_CONVERSATIONS).map(|n| json!(n)).collect();
+        assert_eq!(
+            conversations(&json!({ "conversationIds": ok })).map(|c| c.len()).ok(),
+            Some(100)
+        );
+        let urls: Vec<Value> = (0..60_000).map(|_| json!(5)).collect();
+        let err = send(&json!({"conversationId": "c", "content": "x", "attachments": urls})).err();
+        assert_eq!(
+            err,
+            Some(DomainError::BadRequest(format!(
+                "at most {MAX_ATTACHMENTS} attachments"
+            )))
+        );
+        let many: Vec<Value> = (0..=MAX_MEMBERS).map(|n| json!(n)).collect();
+        assert!(members(&many).is_err());
+        assert_eq!(members(&many[..MAX_MEMBERS]).map(|m| m.len()).ok(), Some(MAX_MEMBERS));
     }
 }

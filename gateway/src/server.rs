@@ -110,6 +110,7 @@ impl Node {
             access: config.access,
             offline_grace: config.offline_grace,
             max_message_bytes: config.max_message_bytes,
+            limits: config.limits,
         };
         let domain = Arc::new(Domain::new(backends, rules, tasks.clone(), shutdown.clone()));
         inlet.connect(&(domain.clone() as Arc<dyn LocalSink>));
@@ -220,8 +221,8 @@ pub async fn serve(
         }
     };
     let limits = engineio::serve::Limits {
-        header_read_timeout: config.limits.header_read_timeout,
-        max_connections: config.limits.max_connections,
+        header_read_timeout: config.server.header_read_timeout,
+        max_connections: config.server.max_connections,
         probes: &["/health", "/ready", "/metrics"],
     };
     let served = engineio::serve::serve(listener, router, limits, drain);

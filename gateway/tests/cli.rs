@@ -41,6 +41,20 @@ fn help_lists_every_flag_with_env_and_default() {
         ("--rate-limit", "SWITCHBOARD_RATE_LIMIT", "50/s,burst=200"),
         ("--cors-origins", "SWITCHBOARD_CORS_ORIGINS", "none"),
         ("--dev", "SWITCHBOARD_DEV", "off"),
+        ("--jwt-allow-no-exp", "SWITCHBOARD_JWT_ALLOW_NO_EXP", "off"),
+        ("--user-rate-limit", "SWITCHBOARD_USER_RATE_LIMIT", "100/s,burst=400"),
+        ("--rest-rate-limit", "SWITCHBOARD_REST_RATE_LIMIT", "20/s,burst=100"),
+        (
+            "--max-rooms-per-connection",
+            "SWITCHBOARD_MAX_ROOMS_PER_CONNECTION",
+            "1000",
+        ),
+        (
+            "--max-connections-per-user",
+            "SWITCHBOARD_MAX_CONNECTIONS_PER_USER",
+            "50",
+        ),
+        ("--max-page-bytes", "SWITCHBOARD_MAX_PAGE_BYTES", "1MiB"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");

@@ -53,3 +53,55 @@ string_id!(
     /// One gateway node.
     NodeId
 );
+
+/// Longest id accepted (user, conversation or message), in bytes, after trimming.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Why a text is not an id ([`check_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Nothing left after trimming.
+    #[error("must not be empty")]
+    Empty,
+    /// Longer than [`MAX_ID_BYTES`] after trimming.
+    #[error("is longer than {MAX_ID_BYTES} bytes")]
+    TooLong,
+    /// A control character (U+0000–U+001F, U+007F–U+009F) inside.
+    #[error("must not contain control characters")]
+    Control,
+}
+
+/// The one id rule of every entry point (REST paths and bodies, Socket.IO and Phoenix
+/// payloads, Phoenix topics, the JWT user claim): the text trimmed of surrounding whitespace,
+/// 1 to [`MAX_ID_BYTES`] bytes, without control characters. Returns the trimmed text.
+pub fn check_id(raw: &str) -> Result<&str, IdError> {
+    let id = raw.trim();
+    if id.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(IdError::TooLong);
+    }
+    if id.chars().any(char::is_control) {
+        return Err(IdError::Control);
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_rule() {
+        assert_eq!(check_id(" 42 "), Ok("42"));
+        assert_eq!(check_id("é".repeat(128).as_str()).map(str::len), Ok(256));
+        assert_eq!(check_id("   "), Err(IdError::Empty));
+        assert_eq!(check_id(""), Err(IdError::Empty));
+        assert_eq!(check_id(&"x".repeat(257)), Err(IdError::TooLong));
+        assert_eq!(check_id(&format!("  {}  ", "x".repeat(256))).map(str::len), Ok(256));
+        assert_eq!(check_id("a\u{0}b"), Err(IdError::Control));
+        assert_eq!(check_id("a\nb"), Err(IdError::Control));
+        assert_eq!(check_id("a\u{85}b"), Err(IdError::Control));
+    }
+}

@@ -14,5 +14,5 @@ pub mod presence;
 
 pub use error::ErrorCode;
 pub use event::{Delivery, Envelope, Event, Topic};
-pub use ids::{ConnId, ConversationId, NodeId, UserId};
+pub use ids::{ConnId, ConversationId, IdError, MAX_ID_BYTES, NodeId, UserId, check_id};
 pub use presence::Status;

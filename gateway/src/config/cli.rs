@@ -114,6 +114,11 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub jwt_leeway: Option<String>,
 
+    /// Accept tokens without an `exp` claim (tokens of `switchboard token` always carry one) [default: off]
+    #[arg(long, global = true, env = "SWITCHBOARD_JWT_ALLOW_NO_EXP", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_allow_no_exp: Option<bool>,
+
     /// JWT claim holding the user id [default: sub]
     #[arg(long, global = true, env = "SWITCHBOARD_JWT_USER_CLAIM", value_name = "CLAIM")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,7 +201,7 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub max_payload: Option<String>,
 
-    /// Largest message content [default: 8KiB]
+    /// Largest stored message: content and metadata together [default: 8KiB]
     #[arg(long, global = true, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", value_name = "SIZE")]
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub max_message_bytes: Option<String>,
@@ -240,6 +245,31 @@ pub struct Options {
     #[arg(long, global = true, env = "SWITCHBOARD_RATE_LIMIT", value_name = "RATE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+
+    /// Inbound events per user, across all their connections on a node [default: 100/s,burst=400]
+    #[arg(long, global = true, env = "SWITCHBOARD_USER_RATE_LIMIT", value_name = "RATE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_rate_limit: Option<String>,
+
+    /// REST requests per user token; the API key is not limited [default: 20/s,burst=100]
+    #[arg(long, global = true, env = "SWITCHBOARD_REST_RATE_LIMIT", value_name = "RATE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_rate_limit: Option<String>,
+
+    /// Conversations one connection may be joined to at once [default: 1000]
+    #[arg(long, global = true, env = "SWITCHBOARD_MAX_ROOMS_PER_CONNECTION", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
+    pub max_rooms_per_connection: Option<String>,
+
+    /// Connections one user may hold on one node [default: 50]
+    #[arg(long, global = true, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
+    pub max_connections_per_user: Option<String>,
+
+    /// Bytes of one history page or join recovery (at least --max-message-bytes) [default: 1MiB]
+    #[arg(long, global = true, env = "SWITCHBOARD_MAX_PAGE_BYTES", value_name = "SIZE")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
+    pub max_page_bytes: Option<String>,
 
     /// Allowed CORS origins: a comma list, or * [default: none (same-origin)]
     #[arg(long, global = true, env = "SWITCHBOARD_CORS_ORIGINS", value_name = "ORIGINS")]

@@ -37,5 +37,6 @@ pub fn jwt_settings(o: &Options, dev: Option<&DevCredentials>) -> Result<Option<
         audience: o.jwt_audience.clone(),
         leeway: parse_duration("jwt-leeway", o.jwt_leeway.as_deref().unwrap_or("5s"))?,
         user_claim,
+        require_exp: !o.jwt_allow_no_exp.unwrap_or(false),
     }))
 }

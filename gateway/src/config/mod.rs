@@ -22,8 +22,8 @@ pub use cli::{Cli, Command, Options, TokenArgs};
 pub use jwt::jwt_settings;
 pub use parse::parse_duration;
 pub use settings::{
-    AccessMode, AuthConfig, Config, CorsOrigins, DEFAULT_LISTEN, LogFormat, ProfileName, RateLimit, RedisSettings,
-    ServerLimits, SocketIoSettings,
+    AccessMode, AuthConfig, Config, CorsOrigins, DEFAULT_LISTEN, Limits, LogFormat, ProfileName, RateLimit,
+    RedisSettings, ServerLimits, SocketIoSettings,
 };
 
 /// A configuration error: one line, naming the flag at fault.

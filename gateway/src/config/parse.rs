@@ -94,8 +94,8 @@ pub fn parse_duration(flag: &'static str, s: &str) -> Result<Duration, ConfigErr
     humantime::parse_duration(s.trim()).map_err(|_| invalid(flag, format!("'{s}' is not a duration like 30s or 500ms")))
 }
 
-pub(super) fn parse_rate_limit(s: &str) -> Result<RateLimit, ConfigError> {
-    let bad = || invalid("rate-limit", format!("'{s}' is not like 50/s,burst=200"));
+pub(super) fn parse_rate_limit(flag: &'static str, s: &str) -> Result<RateLimit, ConfigError> {
+    let bad = || invalid(flag, format!("'{s}' is not like 50/s,burst=200"));
     let mut parts = s.split(',');
     let rate = parts.next().ok_or_else(bad)?.trim();
     let (n, unit) = rate.split_once('/').ok_or_else(bad)?;

@@ -37,6 +37,40 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// What one client may ask of a node: the bounds of issue 12, each with its flag.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Bytes of one history page or join recovery (`--max-page-bytes`); a page stops before
+    /// the message that would pass it (it always holds one).
+    pub max_page_bytes: u64,
+    /// Conversations one connection may be joined to at once (`--max-rooms-per-connection`).
+    pub max_rooms_per_connection: usize,
+    /// Connections one user may hold on one node (`--max-connections-per-user`).
+    pub max_connections_per_user: usize,
+    /// Inbound events per user, across their connections (`--user-rate-limit`).
+    pub user_rate_limit: RateLimit,
+    /// REST requests per user token (`--rest-rate-limit`).
+    pub rest_rate_limit: RateLimit,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_page_bytes: 1 << 20,
+            max_rooms_per_connection: 1000,
+            max_connections_per_user: 50,
+            user_rate_limit: RateLimit {
+                per_second: 100.0,
+                burst: 400,
+            },
+            rest_rate_limit: RateLimit {
+                per_second: 20.0,
+                burst: 100,
+            },
+        }
+    }
+}
+
 /// The vocabularies a Socket.IO namespace may speak (PROTOCOL.md 2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProfileName {
@@ -66,7 +100,8 @@ pub struct AuthConfig {
     pub api_key: Option<String>,
     /// Anonymous Socket.IO connections may `register` a user id.
     pub allow_register: bool,
-    /// Loopback REST callers need no credentials (in --dev, or when no API key is set).
+    /// Loopback REST callers (`127.0.0.0/8`, `::1`, and IPv4-mapped `::ffff:127.0.0.0/104`)
+    /// need no credentials (in --dev, or when no API key is set).
     pub loopback_trusted: bool,
 }
 
@@ -129,9 +164,11 @@ pub struct Config {
     /// Socket.IO.
     pub socketio: SocketIoSettings,
     /// What the HTTP server allows one client.
-    pub limits: ServerLimits,
-    /// Largest message content, in bytes.
+    pub server: ServerLimits,
+    /// Largest stored message (content and metadata), in bytes.
     pub max_message_bytes: u64,
+    /// Per-client bounds.
+    pub limits: Limits,
     /// Presence entry lifetime without heartbeat.
     pub presence_ttl: Duration,
     /// Delay before announcing a user offline.

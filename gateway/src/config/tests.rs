@@ -98,20 +98,20 @@ fn members_mode_is_the_default() -> Result<(), ConfigError> {
 #[test]
 fn rate_limit_forms() -> Result<(), ConfigError> {
     assert_eq!(
-        parse_rate_limit("10/s")?,
+        parse_rate_limit("rate-limit", "10/s")?,
         RateLimit {
             per_second: 10.0,
             burst: 10
         }
     );
     assert_eq!(
-        parse_rate_limit("120/m,burst=5")?,
+        parse_rate_limit("rate-limit", "120/m,burst=5")?,
         RateLimit {
             per_second: 2.0,
             burst: 5
         }
     );
-    assert!(parse_rate_limit("0/s").is_err());
+    assert!(parse_rate_limit("rate-limit", "0/s").is_err());
     Ok(())
 }
 
@@ -141,5 +141,59 @@ fn file_sits_under_flags_and_env() -> Result<(), Box<dyn std::error::Error>> {
         .map(|e| e.to_string());
     assert!(err.is_some_and(|e| e.contains("listne")));
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Issue 12: the per-client limits, their defaults, and refusals naming their flag.
+#[test]
+fn limits_and_their_flags() -> Result<(), ConfigError> {
+    let c = config(opts(|_| {}))?;
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.limits.max_page_bytes, 1 << 20);
+    assert!(c.auth.jwt.as_ref().is_some_and(|j| j.require_exp));
+    let c = config(opts(|o| {
+        o.max_page_bytes = Some("64KiB".into());
+        o.max_rooms_per_connection = Some("7".into());
+        o.max_connections_per_user = Some("3".into());
+        o.user_rate_limit = Some("10/s,burst=20".into());
+        o.rest_rate_limit = Some("1/m".into());
+        o.jwt_allow_no_exp = Some(true);
+    }))?;
+    assert_eq!(
+        (
+            c.limits.max_page_bytes,
+            c.limits.max_rooms_per_connection,
+            c.limits.max_connections_per_user
+        ),
+        (65_536, 7, 3)
+    );
+    assert_eq!(c.limits.user_rate_limit.burst, 20);
+    assert_eq!(c.limits.rest_rate_limit.burst, 1);
+    assert!(c.auth.jwt.as_ref().is_some_and(|j| !j.require_exp));
+    for (o, flag) in [
+        (opts(|o| o.max_page_bytes = Some("4KiB".into())), "--max-page-bytes"),
+        (
+            opts(|o| o.max_rooms_per_connection = Some("0".into())),
+            "--max-rooms-per-connection",
+        ),
+        (
+            opts(|o| o.max_connections_per_user = Some("many".into())),
+            "--max-connections-per-user",
+        ),
+        (opts(|o| o.user_rate_limit = Some("fast".into())), "--user-rate-limit"),
+        (opts(|o| o.rest_rate_limit = Some("0/s".into())), "--rest-rate-limit"),
+    ] {
+        let err = config(o).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+    // --dev accepts an IPv4-mapped loopback address as loopback.
+    let dev = Config::from_options(
+        &opts(|o| {
+            o.dev = Some(true);
+            o.listen = Some("[::ffff:127.0.0.1]:0".into());
+        }),
+        &std::env::temp_dir().join(format!("sb-dev-{}", std::process::id())),
+    );
+    assert!(dev.is_ok() || dev.is_err_and(|e| !e.to_string().contains("--listen")));
     Ok(())
 }

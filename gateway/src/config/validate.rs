@@ -6,7 +6,7 @@ use super::parse::{
 };
 use super::settings::DEFAULT_LISTEN;
 use super::{
-    AccessMode, AuthConfig, Config, ConfigError, CorsOrigins, LogFormat, Options, RedisSettings, ServerLimits,
+    AccessMode, AuthConfig, Config, ConfigError, CorsOrigins, Limits, LogFormat, Options, RedisSettings, ServerLimits,
     SocketIoSettings, invalid,
 };
 use crate::dev::DevCredentials;
@@ -61,7 +61,7 @@ impl Config {
 
         let dev_mode = o.dev.unwrap_or(false);
         let dev = if dev_mode {
-            if !listen.ip().is_loopback() && !o.dev_allow_remote.unwrap_or(false) {
+            if !listen.ip().to_canonical().is_loopback() && !o.dev_allow_remote.unwrap_or(false) {
                 return Err(invalid(
                     "listen",
                     format!("--dev refuses to listen on non-loopback {listen}; add --dev-allow-remote if you mean it"),
@@ -114,7 +114,8 @@ impl Config {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| invalid("max-outbound-queue", "expected a positive integer"))?;
-        let rate_limit = parse_rate_limit(o.rate_limit.as_deref().unwrap_or("50/s,burst=200"))?;
+        let rate_limit = parse_rate_limit("rate-limit", o.rate_limit.as_deref().unwrap_or("50/s,burst=200"))?;
+        let limits = limits(o, max_message_bytes)?;
         let ping_interval = parse_duration("ping-interval", o.ping_interval.as_deref().unwrap_or("5s"))?;
         let ping_timeout = parse_duration("ping-timeout", o.ping_timeout.as_deref().unwrap_or("10s"))?;
         let connect_timeout = parse_duration("connect-timeout", o.connect_timeout.as_deref().unwrap_or("45s"))?;
@@ -177,11 +178,12 @@ impl Config {
                 ping_timeout,
                 connect_timeout,
             },
-            limits: ServerLimits {
+            server: ServerLimits {
                 max_connections,
                 header_read_timeout,
             },
             max_message_bytes,
+            limits,
             presence_ttl,
             offline_grace: parse_duration("offline-grace", o.offline_grace.as_deref().unwrap_or("3s"))?,
             phoenix_idle_timeout: parse_duration(
@@ -214,4 +216,50 @@ fn default_max_connections() -> usize {
         .current
         .unwrap_or(1 << 20);
     usize::try_from(limit.saturating_sub(RESERVED).max(64)).unwrap_or(usize::MAX)
+}
+
+/// A positive count flag.
+fn count(flag: &'static str, value: Option<&str>, default: usize) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| invalid(flag, "expected a positive integer")),
+    }
+}
+
+/// The per-client bounds; `max_message_bytes` is the floor of a history page's bytes.
+fn limits(o: &Options, max_message_bytes: u64) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let max_page_bytes = match o.max_page_bytes.as_deref() {
+        None => d.max_page_bytes,
+        Some(s) => parse_size("max-page-bytes", s)?,
+    };
+    if max_page_bytes < max_message_bytes {
+        return Err(invalid("max-page-bytes", "must be at least --max-message-bytes"));
+    }
+    Ok(Limits {
+        max_page_bytes,
+        max_rooms_per_connection: count(
+            "max-rooms-per-connection",
+            o.max_rooms_per_connection.as_deref(),
+            d.max_rooms_per_connection,
+        )?,
+        max_connections_per_user: count(
+            "max-connections-per-user",
+            o.max_connections_per_user.as_deref(),
+            d.max_connections_per_user,
+        )?,
+        user_rate_limit: match o.user_rate_limit.as_deref() {
+            None => d.user_rate_limit,
+            Some(s) => parse_rate_limit("user-rate-limit", s)?,
+        },
+        rest_rate_limit: match o.rest_rate_limit.as_deref() {
+            None => d.rest_rate_limit,
+            Some(s) => parse_rate_limit("rest-rate-limit", s)?,
+        },
+    })
 }

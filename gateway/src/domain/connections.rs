@@ -3,7 +3,7 @@
 //! follow it, and presence (what the cluster knows) — in that order, so that nothing
 //! published after a step is missed, and undone in reverse when a later step fails.
 
-use super::hub::{Connection, Gone, Local};
+use super::hub::{Connection, Gone, Local, Refused};
 use super::{Domain, DomainError, publish_member_left, publish_roster, roster_entry};
 use crate::auth::Identity;
 use crate::config::AccessMode;
@@ -85,7 +85,13 @@ impl Domain {
                 .unwrap_or_default(),
         };
         let topic = Topic::User(who.user_id.clone());
-        self.hub.join(local.key, &topic, false)?;
+        let cap = self.rules.limits.max_connections_per_user;
+        self.hub.join(local.key, &topic, false, cap).map_err(|e| match e {
+            Refused::Gone => DomainError::from(Gone),
+            Refused::Full => DomainError::Forbidden(format!(
+                "too many connections for this user on this node (at most {cap})"
+            )),
+        })?;
         self.hub.sync(&topic).await;
         let entry = ConnectionEntry {
             conn: local.id.clone(),
@@ -162,7 +168,13 @@ impl Domain {
         let topic = Topic::Conversation(conversation.clone());
         // Filed (waiting) and subscribed before anything is read, so that nothing stored from
         // now on is missed; what arrives meanwhile waits for the answer.
-        let filed = self.hub.join(local.key, &topic, true)?;
+        let cap = self.rules.limits.max_rooms_per_connection;
+        let filed = self.hub.join(local.key, &topic, true, cap).map_err(|e| match e {
+            Refused::Gone => DomainError::from(Gone),
+            Refused::Full => DomainError::Forbidden(format!(
+                "at most {cap} conversations joined per connection: leave one first"
+            )),
+        })?;
         self.hub.sync(&topic).await;
         if filed.unsettled {
             self.settle(conversation).await;
@@ -188,7 +200,12 @@ impl Domain {
                         after: Some(after),
                         limit: MAX_MISSED,
                     };
-                    Some(self.messages.history(conversation, query).await?)
+                    let page = self.messages.history(conversation, query).await?;
+                    Some(super::messages::bound_page(
+                        page,
+                        true,
+                        self.rules.limits.max_page_bytes,
+                    ))
                 }
                 None => None,
             };
@@ -387,6 +404,125 @@ mod tests {
             "the node still receives the refused user's events"
         );
         assert_eq!(presence.connections(&"bob".into()).await?, 1);
+        Ok(())
+    }
+
+    /// A domain in `open` mode with these limits and 64-byte messages.
+    async fn limited(limits: crate::config::Limits) -> Result<Domain, Box<dyn std::error::Error>> {
+        let store = Arc::new(crate::store::SqlStore::connect("sqlite::memory:").await?);
+        store.migrate().await?;
+        let backends = crate::domain::Backends {
+            bus: Arc::new(MemoryBus::new(Arc::new(crate::bus::Inlet::default()))),
+            presence: Arc::new(MemoryPresence::new("n1".into())),
+            conversations: store.clone(),
+            messages: store,
+        };
+        let rules = crate::domain::Rules {
+            access: AccessMode::Open,
+            offline_grace: std::time::Duration::from_secs(1),
+            max_message_bytes: 64,
+            limits,
+        };
+        Ok(Domain::new(
+            backends,
+            rules,
+            TaskTracker::new(),
+            CancellationToken::new(),
+        ))
+    }
+
+    /// Issue 12, item 8: connections per user (per node) and conversations per connection.
+    #[tokio::test]
+    async fn connections_per_user_and_rooms_per_connection_are_capped() -> Result<(), Box<dyn std::error::Error>> {
+        let domain = limited(crate::config::Limits {
+            max_connections_per_user: 2,
+            max_rooms_per_connection: 2,
+            ..Default::default()
+        })
+        .await?;
+        let (a1, a2, a3) = (
+            attached(&domain, "a1", "alice"),
+            attached(&domain, "a2", "alice"),
+            attached(&domain, "a3", "alice"),
+        );
+        domain.connect(&a1, &who("alice")).await?;
+        domain.connect(&a2, &who("alice")).await?;
+        assert!(matches!(
+            domain.connect(&a3, &who("alice")).await,
+            Err(DomainError::Forbidden(_))
+        ));
+        let b1 = attached(&domain, "b1", "bob");
+        domain.connect(&b1, &who("bob")).await?;
+        domain.disconnect(&a2).await;
+        domain.connect(&a3, &who("alice")).await?;
+
+        let (c1, c2, c3) = (
+            ConversationId::from("c1"),
+            ConversationId::from("c2"),
+            ConversationId::from("c3"),
+        );
+        drop(domain.join(&a1, &who("alice"), &c1, None).await?);
+        drop(domain.join(&a1, &who("alice"), &c2, None).await?);
+        let third = domain.join(&a1, &who("alice"), &c3, None).await;
+        assert!(matches!(third, Err(DomainError::Forbidden(ref m)) if m.contains("at most 2")));
+        // Joining again what is joined passes; a leave makes room; another connection has its own.
+        drop(domain.join(&a1, &who("alice"), &c1, None).await?);
+        drop(domain.join(&a3, &who("alice"), &c3, None).await?);
+        domain.leave(&a1, &who("alice"), &c1).await?;
+        drop(domain.join(&a1, &who("alice"), &c3, None).await?);
+        Ok(())
+    }
+
+    /// Issue 12, item 8: the whole stored message is bounded (metadata included), and a page
+    /// of history or a join's recovery is bounded in bytes as well as in messages.
+    #[tokio::test]
+    async fn metadata_and_pages_are_bounded_in_bytes() -> Result<(), Box<dyn std::error::Error>> {
+        let domain = limited(crate::config::Limits {
+            max_page_bytes: 1100,
+            ..Default::default()
+        })
+        .await?;
+        let c = ConversationId::from("c");
+        let request = |content: &str, metadata: Option<serde_json::Value>| crate::domain::SendRequest {
+            conversation_id: c.clone(),
+            content: content.into(),
+            kind: None,
+            attachments: Vec::new(),
+            client_ref: None,
+            metadata,
+        };
+        let big = serde_json::Value::String("m".repeat(900_000));
+        let refused = domain.send(&who("alice"), request("hi", Some(big))).await;
+        assert!(matches!(refused, Err(DomainError::PayloadTooLarge(ref m)) if m.contains("metadata")));
+        let edge = serde_json::json!({"k": "v".repeat(70)});
+        assert!(domain.send(&who("alice"), request("hi", Some(edge))).await.is_err());
+        domain
+            .send(&who("alice"), request("hi", Some(serde_json::json!({"k": 1}))))
+            .await?;
+        for _ in 0..9 {
+            domain.send(&who("alice"), request(&"x".repeat(60), None)).await?;
+        }
+        // About 360 bytes a message: a 1,100-byte page holds 3 of the 10.
+        let seqs = |page: &crate::store::HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let newest = crate::domain::HistoryRequest {
+            conversation_id: c.clone(),
+            before: None,
+            after: None,
+            limit: None,
+        };
+        let page = domain.history(None, newest.clone()).await?;
+        assert_eq!((seqs(&page), page.has_more), (vec![8, 9, 10], true));
+        let forward = crate::domain::HistoryRequest {
+            after: Some(0),
+            ..newest
+        };
+        let page = domain.history(None, forward).await?;
+        assert_eq!((seqs(&page), page.has_more), (vec![1, 2, 3], true));
+        let a1 = attached(&domain, "a1", "alice");
+        domain.connect(&a1, &who("alice")).await?;
+        let joined = domain.join(&a1, &who("alice"), &c, Some(0)).await?;
+        let missed = joined.missed.as_ref().ok_or("no missed page")?;
+        assert_eq!((seqs(missed), missed.has_more), (vec![1, 2, 3], true));
         Ok(())
     }
 }

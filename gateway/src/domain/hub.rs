@@ -65,6 +65,21 @@ pub struct Local {
 #[error("connection closed")]
 pub struct Gone;
 
+/// Why [`Hub::join`] did not file a connection.
+#[derive(Debug)]
+pub enum Refused {
+    /// The connection is gone.
+    Gone,
+    /// The join's cap was reached.
+    Full,
+}
+
+impl From<Gone> for Refused {
+    fn from(_: Gone) -> Self {
+        Refused::Gone
+    }
+}
+
 /// What a member of a topic receives.
 enum State {
     /// Joined and answered: every event, and messages with a seq above `after`.
@@ -200,14 +215,30 @@ impl Hub {
     }
 
     /// Files a connection under a topic. A `pending` member keeps the topic's events until
-    /// [`Hub::activate`] (its join answer goes first).
-    pub fn join(&self, key: ConnKey, topic: &Topic, pending: bool) -> Result<Filed, Gone> {
+    /// [`Hub::activate`] (its join answer goes first). `cap` bounds a new membership, checked
+    /// under the hub's lock: for a user topic, the user's local connections; for a
+    /// conversation, the conversations the connection is filed under. Joining again what is
+    /// joined always passes.
+    pub fn join(&self, key: ConnKey, topic: &Topic, pending: bool, cap: usize) -> Result<Filed, Refused> {
         let mut conns = lock(&self.conns);
         let record = conns.get_mut(&key).ok_or(Gone)?;
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let already = topics
+            .get(topic)
+            .is_some_and(|entry| lock(entry).members.contains_key(&key));
+        let held = match topic {
+            Topic::Conversation(_) => record
+                .topics
+                .iter()
+                .filter(|t| matches!(t, Topic::Conversation(_)))
+                .count(),
+            _ => topics.get(topic).map_or(0, |entry| lock(entry).members.len()),
+        };
+        if !already && held >= cap {
+            return Err(Refused::Full);
+        }
         let entry = topics.entry(topic.clone()).or_default().clone();
         let mut e = lock(&entry);
-        let already = e.members.contains_key(&key);
         if !already {
             record.topics.push(topic.clone());
             let state = if pending {

@@ -108,6 +108,71 @@ impl InDoubt {
     }
 }
 
+/// The length of `value` as JSON, when it is at most `max` bytes: counted while writing, and
+/// given up as soon as it passes `max`, so a large value costs no more than `max` bytes' work.
+pub(super) fn json_len_within(value: &serde_json::Value, max: u64) -> Option<u64> {
+    struct Counter {
+        n: u64,
+        max: u64,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n += buf.len() as u64;
+            if self.n > self.max {
+                return Err(std::io::ErrorKind::FileTooLarge.into());
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { n: 0, max };
+    serde_json::to_writer(&mut counter, value).ok().map(|()| counter.n)
+}
+
+/// About how many bytes a message takes in a page: its texts, its metadata, and a fixed
+/// allowance for ids, seq, times and keys.
+fn page_bytes(m: &Message) -> u64 {
+    const FIXED: u64 = 256;
+    let texts = m.content.len() + m.attachments.iter().map(String::len).sum::<usize>();
+    let ids = m.id.len() + m.conversation_id.as_str().len() + m.sender_id.as_str().len();
+    let metadata = m
+        .metadata
+        .as_ref()
+        .map_or(0, |v| json_len_within(v, u64::MAX).unwrap_or(u64::MAX));
+    FIXED + (texts + ids + m.temp_id.as_ref().map_or(0, String::len)) as u64 + metadata
+}
+
+/// A page cut to `max_bytes`: from its oldest message up when it was read `forward`, from its
+/// newest down otherwise, always keeping one; `has_more` when anything was cut.
+pub(super) fn bound_page(mut page: HistoryPage, forward: bool, max_bytes: u64) -> HistoryPage {
+    let sizes: Vec<u64> = page.messages.iter().map(page_bytes).collect();
+    let reading: Box<dyn Iterator<Item = &u64>> = if forward {
+        Box::new(sizes.iter())
+    } else {
+        Box::new(sizes.iter().rev())
+    };
+    let mut total = 0u64;
+    let keep = reading
+        .take_while(|n| {
+            total = total.saturating_add(**n);
+            total <= max_bytes
+        })
+        .count()
+        .max(1);
+    let len = page.messages.len();
+    if keep < len {
+        if forward {
+            page.messages.truncate(keep);
+        } else {
+            page.messages.drain(..len - keep);
+        }
+        page.has_more = true;
+    }
+    page
+}
+
 fn bad(msg: impl Into<String>) -> DomainError {
     DomainError::BadRequest(msg.into())
 }
@@ -148,6 +213,16 @@ impl Domain {
             .is_some_and(|r| r.is_empty() || r.len() > MAX_CLIENT_REF)
         {
             return Err(bad(format!("tempId must be 1 to {MAX_CLIENT_REF} bytes")));
+        }
+        // The whole stored message: content and metadata (as JSON) share the one bound.
+        let max = self.rules.max_message_bytes;
+        let room = max.saturating_sub(request.content.len() as u64);
+        if let Some(metadata) = &request.metadata
+            && json_len_within(metadata, room).is_none()
+        {
+            return Err(DomainError::PayloadTooLarge(format!(
+                "content and metadata are longer than {max} bytes"
+            )));
         }
         Ok(())
     }
@@ -224,10 +299,11 @@ impl Domain {
         if limit == 0 || limit > MAX_PAGE {
             return Err(bad(format!("limit must be 1 to {MAX_PAGE}")));
         }
-        Ok(self
+        let page = self
             .messages
             .history(&conversation, HistoryQuery { before, after, limit })
-            .await?)
+            .await?;
+        Ok(bound_page(page, after.is_some(), self.rules.limits.max_page_bytes))
     }
 
     async fn readable_message(&self, who: &Identity, message_id: &str) -> Result<Message, DomainError> {

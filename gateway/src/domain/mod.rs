@@ -18,13 +18,13 @@ pub use access::{Access, Memberships};
 pub use connections::{Joined, Live, MAX_MISSED};
 pub use error::DomainError;
 pub use hub::{ConnKey, Connection, Local, Outlet};
-pub use messages::{HistoryRequest, SendRequest, Sent};
+pub use messages::{HistoryRequest, MAX_ATTACHMENTS, SendRequest, Sent};
 pub use rate::RateLimiter;
 pub use typing::{TYPING_TIMEOUT, TypingTimers};
 
 use crate::auth::Identity;
 use crate::bus::Bus;
-use crate::config::AccessMode;
+use crate::config::{AccessMode, Limits, RateLimit};
 use crate::presence::{ClusterStats, Presence, UserPage, UserPresence};
 use crate::store::{ConversationStore, MessageStore};
 use chrono::{DateTime, Utc};
@@ -57,8 +57,10 @@ pub struct Rules {
     pub access: AccessMode,
     /// Delay before announcing a user offline.
     pub offline_grace: Duration,
-    /// Largest message content, in bytes.
+    /// Largest stored message (content and metadata), in bytes.
     pub max_message_bytes: u64,
+    /// Per-client bounds: pages, rooms, connections, rates.
+    pub limits: Limits,
 }
 
 /// A notification as a caller asks for it.
@@ -87,6 +89,8 @@ pub struct Domain {
     in_doubt: messages::InDoubt,
     typing: TypingTimers,
     rules: Rules,
+    user_rates: rate::UserBuckets,
+    rest_rates: rate::UserBuckets,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -121,6 +125,8 @@ impl Domain {
             in_doubt: messages::InDoubt::default(),
             typing,
             rules,
+            user_rates: rate::UserBuckets::new(rules.limits.user_rate_limit),
+            rest_rates: rate::UserBuckets::new(rules.limits.rest_rate_limit),
             tasks,
             shutdown,
         };
@@ -164,6 +170,21 @@ impl Domain {
                 () = shutdown.cancelled() => {}
             }
         });
+    }
+
+    /// A new connection's inbound limit: its own bucket (`own`, the adapter's), and its
+    /// user's, which all their connections share and which outlives each of them.
+    pub fn rate_limiter(&self, own: RateLimit, user: Option<&UserId>) -> RateLimiter {
+        self.user_rates.limiter(own, user)
+    }
+
+    /// One REST request of a user token: `rate_limited` beyond `--rest-rate-limit`.
+    pub fn allow_rest(&self, user: &UserId) -> Result<(), DomainError> {
+        if self.rest_rates.allow(user) {
+            Ok(())
+        } else {
+            Err(DomainError::RateLimited)
+        }
     }
 
     /// Local connections, for the drain.
@@ -431,6 +452,7 @@ pub(crate) mod tests {
             access: AccessMode::Claims,
             offline_grace,
             max_message_bytes: 8192,
+            limits: Limits::default(),
         };
         Ok(Domain::new(backends, rules, tasks, shutdown))
     }
@@ -570,6 +592,7 @@ pub(crate) mod tests {
             access: AccessMode::Members,
             offline_grace: Duration::from_secs(1),
             max_message_bytes: 8192,
+            limits: Limits::default(),
         };
         let domain = Domain::new(backends, rules, TaskTracker::new(), CancellationToken::new());
         domain

@@ -8,6 +8,7 @@ use crate::domain::DomainError;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use engineio::net::ConnInfo;
+use std::net::IpAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -50,7 +51,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             let loopback = parts
                 .extensions
                 .get::<ConnectInfo<ConnInfo>>()
-                .is_some_and(|ConnectInfo(conn)| conn.remote.ip().is_loopback());
+                .is_some_and(|ConnectInfo(conn)| is_loopback(conn.remote.ip()));
             if state.loopback_trusted && loopback {
                 return Ok(Caller::Server);
             }
@@ -63,10 +64,44 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         {
             return Ok(Caller::Server);
         }
-        match state.jwt.verify(credential) {
-            Ok(who) if who.admin => Ok(Caller::Server),
-            Ok(who) => Ok(Caller::User(who)),
-            Err(e) => Err(DomainError::Unauthorized(format!("unauthorized: {e}")).into()),
+        let who = state
+            .jwt
+            .verify(credential)
+            .map_err(|e| DomainError::Unauthorized(format!("unauthorized: {e}")))?;
+        // Every token is limited, admin tokens included; the API key and loopback are not.
+        state.domain.allow_rest(&who.user_id)?;
+        Ok(if who.admin { Caller::Server } else { Caller::User(who) })
+    }
+}
+
+/// A loopback peer: `127.0.0.0/8`, `::1`, or an IPv4 loopback address as a dual-stack
+/// listener (`[::]`) sees it, IPv4-mapped (`::ffff:127.0.0.1`).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, item 6.
+    #[test]
+    fn ipv4_mapped_loopback_is_loopback() {
+        for (ip, loopback) in [
+            ("127.0.0.1", true),
+            ("127.3.2.1", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("::ffff:127.9.9.9", true),
+            ("::ffff:10.0.0.1", false),
+            ("10.0.0.1", false),
+            ("::", false),
+            ("0.0.0.0", false),
+            ("::127.0.0.1", false),
+            ("fe80::1", false),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            assert_eq!(is_loopback(ip), loopback, "{ip}");
         }
     }
 }

@@ -50,6 +50,14 @@ impl IntoResponse for ApiError {
             error: self.0.to_string(),
             code: code.as_str(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if code == ErrorCode::RateLimited {
+            // A hint: the bucket refills continuously, at --rest-rate-limit.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

@@ -11,6 +11,7 @@ pub use error::ApiError;
 use crate::auth::{Identity, JwtSettings};
 use crate::config::CorsOrigins;
 use crate::domain::{Domain, DomainError, HistoryRequest, MAX_USERS_PAGE, NotificationRequest};
+use crate::inbound;
 use crate::metrics::METRICS;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
@@ -27,6 +28,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+/// Longest conversation title, in bytes.
+const MAX_TITLE: usize = 1024;
 /// Longest event name a REST caller may choose.
 const MAX_EVENT_NAME: usize = 128;
 /// Event names Socket.IO clients reserve for themselves.
@@ -294,7 +297,10 @@ async fn message_user(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_server()?;
     let event = event_name(body.event, "message")?;
-    state.domain.send_to_user(&UserId(user), event, body.message).await?;
+    state
+        .domain
+        .send_to_user(&inbound::user_id(&user)?, event, body.message)
+        .await?;
     Ok(status("Message sent"))
 }
 
@@ -320,7 +326,7 @@ async fn disconnect_user(
         connections: usize,
     }
     caller.require_server()?;
-    let connections = state.domain.disconnect_user(&UserId(user)).await?;
+    let connections = state.domain.disconnect_user(&inbound::user_id(&user)?).await?;
     Ok(Json(Disconnected {
         status: "Disconnected",
         connections,
@@ -336,7 +342,7 @@ async fn presence(
     State(state): State<Arc<AppState>>,
     Path(user): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.domain.presence_of(&UserId(user)).await?))
+    Ok(Json(state.domain.presence_of(&inbound::user_id(&user)?).await?))
 }
 
 async fn online(
@@ -350,7 +356,7 @@ async fn online(
         conversation_id: ConversationId,
         online_users: Vec<UserId>,
     }
-    let conversation = ConversationId(id);
+    let conversation = inbound::conversation_id(&id)?;
     let online_users = state
         .domain
         .conversation_online(caller.identity(), &conversation)
@@ -378,11 +384,7 @@ async fn notify(
     ApiJson(body): ApiJson<NotifyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_server()?;
-    let user = match body.user_id {
-        Value::String(s) if !s.is_empty() => UserId(s),
-        Value::Number(n) => UserId(n.to_string()),
-        _ => return Err(DomainError::BadRequest("userId must be a non-empty string or a number".into()).into()),
-    };
+    let user = inbound::user_value("userId", &body.user_id)?;
     let request = NotificationRequest {
         kind: body.kind,
         title: body.title,
@@ -423,7 +425,7 @@ async fn emit(
     let event = event_name(body.event, "")?;
     state
         .domain
-        .emit_to_conversation(&ConversationId(id), event, body.data)
+        .emit_to_conversation(&inbound::conversation_id(&id)?, event, body.data)
         .await?;
     Ok(status("Event emitted"))
 }
@@ -436,14 +438,6 @@ struct CreateConversation {
     members: Vec<Value>,
 }
 
-fn id_value(field: &str, v: &Value) -> Result<String, ApiError> {
-    match v {
-        Value::String(s) if !s.is_empty() && s.len() <= crate::inbound::MAX_ID_BYTES => Ok(s.clone()),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        _ => Err(DomainError::BadRequest(format!("{field} must be a non-empty string or an integer")).into()),
-    }
-}
-
 async fn create_conversation(
     caller: Caller,
     State(state): State<Arc<AppState>>,
@@ -453,13 +447,12 @@ async fn create_conversation(
     let id = body
         .id
         .as_ref()
-        .map(|v| id_value("id", v).map(ConversationId))
+        .map(|v| inbound::conversation_value("id", v))
         .transpose()?;
-    let members = body
-        .members
-        .iter()
-        .map(|m| id_value("members", m).map(UserId))
-        .collect::<Result<Vec<_>, _>>()?;
+    if body.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE) {
+        return Err(DomainError::BadRequest(format!("title is longer than {MAX_TITLE} bytes")).into());
+    }
+    let members = inbound::members(&body.members)?;
     let conversation = state.domain.create_conversation(id, body.title, members).await?;
     Ok((StatusCode::CREATED, Json(conversation)))
 }
@@ -472,7 +465,7 @@ async fn get_conversation(
     Ok(Json(
         state
             .domain
-            .conversation(caller.identity(), &ConversationId(id))
+            .conversation(caller.identity(), &inbound::conversation_id(&id)?)
             .await?,
     ))
 }
@@ -483,7 +476,8 @@ async fn add_member(
     Path((id, user)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_server()?;
-    state.domain.add_member(&ConversationId(id), &UserId(user)).await?;
+    let (id, user) = (inbound::conversation_id(&id)?, inbound::user_id(&user)?);
+    state.domain.add_member(&id, &user).await?;
     Ok(status("Member added"))
 }
 
@@ -493,7 +487,8 @@ async fn remove_member(
     Path((id, user)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_server()?;
-    state.domain.remove_member(&ConversationId(id), &UserId(user)).await?;
+    let (id, user) = (inbound::conversation_id(&id)?, inbound::user_id(&user)?);
+    state.domain.remove_member(&id, &user).await?;
     Ok(status("Member removed"))
 }
 
@@ -507,17 +502,17 @@ async fn send_message(
         return Err(DomainError::BadRequest("body must be a JSON object".into()).into());
     };
     // The path names the conversation, whatever the body says.
-    map.insert("conversationId".into(), Value::String(id));
+    map.insert("conversationId".into(), Value::String(inbound::conversation_id(&id)?.0));
     let sender = match (&caller, map.get("senderId")) {
         (Caller::User(who), _) => who.clone(),
         (Caller::Server, Some(v)) if !v.is_null() => Identity {
-            user_id: UserId(id_value("senderId", v)?),
+            user_id: inbound::user_value("senderId", v)?,
             admin: true,
             conversations: None,
         },
         (Caller::Server, _) => return Err(DomainError::BadRequest("senderId is required".into()).into()),
     };
-    let request = crate::inbound::send(&body)?;
+    let request = inbound::send(&body)?;
     let sent = state.domain.send(&sender, request).await?;
     let code = if sent.created {
         StatusCode::CREATED
@@ -541,7 +536,7 @@ async fn history(
     ApiQuery(q): ApiQuery<HistoryParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     let request = HistoryRequest {
-        conversation_id: ConversationId(id),
+        conversation_id: inbound::conversation_id(&id)?,
         before: q.before,
         after: q.after,
         limit: q.limit,

@@ -1,6 +1,8 @@
 //! A socket's channels: which topics it joined under which `join_ref`, and where each client
 //! frame goes. Pure state, so the protocol rules are tested without a network.
 
+use crate::domain::DomainError;
+use crate::inbound;
 use shared::phoenix::{Frame, PHOENIX_TOPIC};
 use shared::{ConversationId, UserId};
 use std::collections::HashMap;
@@ -18,17 +20,38 @@ pub enum TopicKind {
 }
 
 impl TopicKind {
-    /// Reads a topic name; `None` for topics this gateway does not serve.
+    /// Reads a topic name; `None` for topics this gateway does not serve, or whose id breaks
+    /// the id rule ([`TopicKind::read`] says why).
     pub fn parse(topic: &str) -> Option<Self> {
-        let (kind, id) = topic.split_once(':')?;
-        if id.is_empty() {
-            return None;
+        Self::read(topic).ok().flatten()
+    }
+
+    /// Reads a topic name: `Ok(None)` for topics this gateway does not serve; an error for a
+    /// served kind whose id breaks the id rule of every entry point ([`inbound::id`]). The id
+    /// is taken as written (the channel is filed under its topic), so it must not need
+    /// trimming either.
+    pub fn read(topic: &str) -> Result<Option<Self>, DomainError> {
+        let Some((kind, raw)) = topic.split_once(':') else {
+            return Ok(None);
+        };
+        let field = match kind {
+            "user" => "userId",
+            "conversation" => "conversationId",
+            _ => return Ok(None),
+        };
+        if raw.is_empty() {
+            return Ok(None);
         }
-        match kind {
-            "user" => Some(Self::User(id.into())),
-            "conversation" => Some(Self::Conversation(id.into())),
-            _ => None,
+        let id = inbound::id(field, raw)?;
+        if id != raw {
+            return Err(DomainError::BadRequest(format!(
+                "{field} must not start or end with whitespace"
+            )));
         }
+        Ok(Some(match kind {
+            "user" => Self::User(UserId(id)),
+            _ => Self::Conversation(ConversationId(id)),
+        }))
     }
 }
 
@@ -47,6 +70,8 @@ pub enum Route {
     },
     /// `phx_join` beyond [`MAX_CHANNELS`].
     TooManyChannels,
+    /// `phx_join` of a served topic whose id breaks the id rule: an error reply.
+    Refused(DomainError),
     /// `phx_leave`: reply ok, whether joined or not.
     Leave(Option<TopicKind>),
     /// An application event on a joined topic.
@@ -74,10 +99,11 @@ impl Channels {
         }
         let current = self.joined.get(&frame.topic);
         match frame.event.as_str() {
-            "phx_join" => match TopicKind::parse(&frame.topic) {
-                None => Route::Unmatched,
-                Some(_) if current.is_none() && self.joined.len() >= MAX_CHANNELS => Route::TooManyChannels,
-                Some(kind) => Route::Join {
+            "phx_join" => match TopicKind::read(&frame.topic) {
+                Err(e) => Route::Refused(e),
+                Ok(None) => Route::Unmatched,
+                Ok(Some(_)) if current.is_none() && self.joined.len() >= MAX_CHANNELS => Route::TooManyChannels,
+                Ok(Some(kind)) => Route::Join {
                     kind,
                     replaces: current.cloned(),
                 },
@@ -176,6 +202,29 @@ mod tests {
         ] {
             assert_eq!(route(&ch, text), Route::Unmatched, "{text}");
         }
+    }
+
+    /// Issue 12, item 7: a topic's id follows the id rule of REST and Socket.IO.
+    #[test]
+    fn topic_ids_follow_the_id_rule() {
+        let ch = Channels::default();
+        let long = format!(r#"["1","1","conversation:{}","phx_join",{{}}]"#, "x".repeat(490));
+        let ctl = r#"["1","1","conversation:a\u0001b","phx_join",{}]"#;
+        for text in [
+            long.as_str(),
+            ctl,
+            r#"["1","1","conversation:   ","phx_join",{}]"#,
+            r#"["1","1","conversation: 42","phx_join",{}]"#,
+            r#"["1","1","user:al\nice","phx_join",{}]"#,
+        ] {
+            assert!(
+                matches!(route(&ch, text), Route::Refused(DomainError::BadRequest(_))),
+                "{}",
+                &text[..text.len().min(60)]
+            );
+        }
+        let ok = format!(r#"["1","1","conversation:{}","phx_join",{{}}]"#, "x".repeat(256));
+        assert!(matches!(route(&ch, &ok), Route::Join { .. }));
     }
 
     #[test]

@@ -369,7 +369,7 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: Arc<WebSocket>, reading: Read
     handle
         .inbox
         .set_worker(worker::Worker::new(adapter.clone(), handle.clone(), who));
-    let rate = RateLimiter::new(adapter.settings.rate);
+    let rate = adapter.domain.rate_limiter(adapter.settings.rate, Some(&handle.user));
     let reason = reading.run(|text| read(&handle, &rate, text)).await;
     METRICS.disconnects.with_label_values(&[reason.label()]).inc();
     if let Some(worker) = handle.inbox.stop().await {

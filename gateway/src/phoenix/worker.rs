@@ -213,6 +213,7 @@ impl Worker {
             Route::Stale => tracing::debug!(parent: &span, "frame of an earlier join dropped"),
             Route::Unmatched => self.refuse(&frame, None, "unmatched topic"),
             Route::TooManyChannels => self.refuse(&frame, frame.join_ref.as_deref(), "too many channels joined"),
+            Route::Refused(e) => self.reply(&frame, Err(e)),
             Route::Leave(kind) => {
                 if let Some(kind) = kind {
                     self.leave(&frame.topic, &kind).instrument(span).await;

@@ -318,7 +318,10 @@ impl SocketIoAdapter {
             conn: Conn {
                 local: self.ctx.domain.local(id),
                 identity: OnceLock::new(),
-                rate: RateLimiter::new(self.ctx.rate),
+                rate: self
+                    .ctx
+                    .domain
+                    .rate_limiter(self.ctx.rate, identity.as_ref().map(|w| &w.user_id)),
             },
             sid,
             session: session.clone(),

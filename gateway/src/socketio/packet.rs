@@ -188,13 +188,21 @@ pub fn connected(ns: &str, sid: &str) -> Packet {
     out.build()
 }
 
+/// Longest namespace echoed back in a `connect_error`, in bytes; a longer one (a client's
+/// unknown namespace) is cut at a character boundary below it.
+pub const MAX_ECHOED_NAMESPACE: usize = 256;
+
 /// `44{"message":…}`: the namespace connection is refused.
 pub fn connect_error(ns: &str, message: &str) -> Packet {
     #[derive(Serialize)]
     struct Refusal<'a> {
         message: &'a str,
     }
-    let mut out = header(b'4', ns, 64);
+    let mut end = ns.len().min(MAX_ECHOED_NAMESPACE);
+    while !ns.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = header(b'4', ns.get(..end).unwrap_or("/"), 64);
     let _ = serde_json::to_writer(&mut out, &Refusal { message });
     out.build()
 }
@@ -257,6 +265,14 @@ mod tests {
         assert_eq!(connected("/", "x").text(), b"40{\"sid\":\"x\"}");
         assert_eq!(connect_error("/chat", "no").text(), b"44/chat,{\"message\":\"no\"}");
         assert_eq!(disconnect("/").frame(), b"\x81\x0241");
+        // Issue 12: an unknown namespace is echoed back at most 256 bytes long.
+        let ns = format!("/{}", "é".repeat(100_000));
+        let refused = connect_error(&ns, "Invalid namespace");
+        assert!(
+            refused.text().len() < MAX_ECHOED_NAMESPACE + 64,
+            "{}",
+            refused.text().len()
+        );
         // Frames carry the shortest header for their length.
         let long = event("/", "a", &"x".repeat(200))?;
         assert_eq!(&long.frame()[..4], [0x81, 126, 0, long.text().len() as u8]);

@@ -15,7 +15,7 @@ import { client, connect, emitAck, eventually, http, noEvent, once, redisCommand
 import { KEY, api, createConversation, freshDatabase, pipelined, psql } from './storage-helpers.mjs';
 
 // Senders here go as fast as acks come back: no rate limit in the way.
-const BASE = ['--jwt-secret', 'S', '--api-key', KEY, '--offline-grace', '200ms', '--presence-ttl', '3s', '--rate-limit', '100000/s,burst=100000'];
+const BASE = ['--jwt-secret', 'S', '--api-key', KEY, '--offline-grace', '200ms', '--presence-ttl', '3s', '--rate-limit', '100000/s,burst=100000', '--user-rate-limit', '100000/s,burst=100000'];
 
 let redis;
 before(async () => {

@@ -128,6 +128,7 @@ async fn presence_reap_scale() -> Result<(), Box<dyn std::error::Error>> {
             access: AccessMode::Claims,
             offline_grace: Duration::from_millis(300),
             max_message_bytes: 8192,
+            limits: crate::config::Limits::default(),
         },
         tasks,
         shutdown.clone(),
