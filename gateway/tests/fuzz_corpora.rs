@@ -1,25 +1,20 @@
-//! Replays the stored corpora of the `jwt` and `inbound` fuzz targets (`fuzz/corpus/<target>/`)
-//! through the very property each target checks, so that `cargo test` keeps every input the
-//! fuzzer once found interesting passing, without a nightly toolchain.
+//! Replays the stored corpora of the `jwt`, `inbound` and `sio_packet` fuzz targets
+//! (`fuzz/corpus/<target>/`) through the very property each target checks, so that `cargo
+//! test` keeps every input the fuzzer once found interesting passing, without a nightly
+//! toolchain.
 
-use std::path::PathBuf;
+#[path = "../../fuzz/properties/replay.rs"]
+mod replay;
 
-fn replay(target: &str, property: fn(&[u8])) -> Result<(), Box<dyn std::error::Error>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let mut replayed = 0;
-    for entry in std::fs::read_dir(&dir)? {
-        let path = entry?.path();
-        if path.is_file() {
-            let data = std::fs::read(&path)?;
-            property(&data);
-            replayed += 1;
-        }
-    }
-    assert!(replayed > 0, "no corpus in {}", dir.display());
-    Ok(())
+use replay::replay;
+
+/// The codec the `sio_packet` property reads, as its fuzz target provides it.
+mod packet {
+    pub use gateway::socketio::packet::*;
 }
+
+#[path = "../../fuzz/properties/sio_packet.rs"]
+mod sio_packet;
 
 #[test]
 fn jwt_corpus_replays() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,4 +24,9 @@ fn jwt_corpus_replays() -> Result<(), Box<dyn std::error::Error>> {
 #[test]
 fn inbound_corpus_replays() -> Result<(), Box<dyn std::error::Error>> {
     replay("inbound", gateway::inbound::fuzz_read)
+}
+
+#[test]
+fn sio_packet_corpus_replays() -> Result<(), Box<dyn std::error::Error>> {
+    replay("sio_packet", sio_packet::check)
 }

@@ -5,6 +5,8 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
+import { readFileSync } from 'node:fs';
+import WebSocket from 'ws';
 import { client, http, sleep, startNode, token } from './harness.mjs';
 
 let node;
@@ -61,3 +63,56 @@ test('past --max-connections the probes answer and the rest gets 503', async (t)
   const again = await http('GET', `${node.url}/api/stats`);
   assert.equal(again.status, 200, 'served again once connections closed');
 });
+
+function rssKb(pid) {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
+}
+
+test('a client pumping 300 frames of 900 kB: the node reads no faster than it serves, RSS and /health stay bounded', async (t) => {
+  const before = rssKb(node.proc.pid);
+  const ws = new WebSocket(`${node.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`);
+  let acks = 0;
+  await new Promise((resolve, reject) => {
+    ws.on('error', reject);
+    ws.on('message', (data) => {
+      const text = data.toString();
+      if (text.startsWith('0')) ws.send(`40${JSON.stringify({ token: token({ sub: 'pump' }) })}`);
+      else if (text.startsWith('40')) resolve();
+      else if (text === '2') ws.send('3');
+    });
+  });
+  ws.on('message', (data) => { if (data.toString().startsWith('43')) acks += 1; });
+  const big = 'x'.repeat(900_000);
+  let peak = before;
+  let slowest = 0;
+  const sampler = setInterval(async () => {
+    peak = Math.max(peak, rssKb(node.proc.pid));
+  }, 50);
+  const probe = (async () => {
+    for (let i = 0; i < 10; i++) {
+      const t0 = Date.now();
+      const r = await fetch(`${node.url}/health`);
+      assert.equal(r.status, 200);
+      slowest = Math.max(slowest, Date.now() - t0);
+      await sleep(100);
+    }
+  })();
+  for (let i = 0; i < 300; i++) {
+    ws.send(`42${i}["message:send",{"conversationId":"pump-room","content":"${big}"}]`);
+  }
+  await eventuallyAcks(() => acks, 300);
+  await probe;
+  clearInterval(sampler);
+  ws.close();
+  const grew = (peak - before) / 1024;
+  t.diagnostic(`RSS +${grew.toFixed(0)} MB, slowest /health ${slowest} ms`);
+  assert.ok(grew < 120, `RSS grew by ${grew.toFixed(0)} MB while 270 MB were sent`);
+  // A debug build parses each 900 kB frame slowly on a shared 2-core machine: the bound is loose.
+  assert.ok(slowest < 3000, `/health took ${slowest} ms`);
+});
+
+async function eventuallyAcks(count, want) {
+  for (let i = 0; i < 600 && count() < want; i++) await sleep(100);
+  assert.equal(count(), want, 'every frame answered');
+}
