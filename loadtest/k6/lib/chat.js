@@ -46,6 +46,8 @@ export class ChatUser {
     this.sent = 0;
     this.connected = false;
     this.readCounter = 0;
+    this.gaps = 0;
+    this.dups = 0;
     this.tags = Object.assign({ proto: this.proto }, opts.tags || {});
   }
 
@@ -53,10 +55,14 @@ export class ChatUser {
   onMessage(m, live) {
     if (!m || typeof m.seq !== 'number') return;
     if (m.seq <= this.last) {
+      this.dups++;
       duplicates.add(1, this.tags);
       return;
     }
-    if (m.seq > this.last + 1) seqGaps.add(m.seq - this.last - 1, this.tags);
+    if (m.seq > this.last + 1) {
+      this.gaps += m.seq - this.last - 1;
+      seqGaps.add(m.seq - this.last - 1, this.tags);
+    }
     this.last = m.seq;
     seqChecked.add(1, this.tags);
     this.received++;
@@ -225,7 +231,10 @@ export class ChatUser {
     const res = rest.get(o.restBase || o.base, `/api/conversations/${encodeURIComponent(o.conversation)}`, 'conversation', [200], this.auth());
     if (res.status === 200) {
       const lastSeq = JSON.parse(res.body).lastSeq;
-      if (lastSeq > this.last) seqGaps.add(lastSeq - this.last, this.tags);
+      if (lastSeq > this.last) {
+        this.gaps += lastSeq - this.last;
+        seqGaps.add(lastSeq - this.last, this.tags);
+      }
     }
     if (this.sock) this.sock.close();
   }

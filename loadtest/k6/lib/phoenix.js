@@ -36,6 +36,7 @@ export class Phoenix {
     this.open = false;
     this.closing = false;
     this.pendingHeartbeat = null;
+    this.heartbeats = 0; // heartbeats acknowledged
   }
 
   makeRef() {
@@ -131,6 +132,7 @@ export class Phoenix {
       }
       this.pendingHeartbeat = this.push('phoenix', 'heartbeat', {}, 2 * every).then(
         () => {
+          this.heartbeats++;
           this.pendingHeartbeat = null;
         },
         () => {

@@ -85,6 +85,7 @@ export class SocketIO {
     this.sid = null;
     this.attempt = 0;
     this.handshake = null;
+    this.pings = 0; // server pings answered
   }
 
   /** Registers `fn(data, ...rest)` for `event`; also 'connect', 'disconnect', 'reconnect'. */
@@ -159,6 +160,7 @@ export class SocketIO {
           }
           case '2':
             ws.send(`3${s.slice(1)}`);
+            this.pings++;
             this.armWatchdog();
             break;
           case '4': {

@@ -17,7 +17,7 @@
 // that needs a cluster-wide look-up (fetchSockets over the adapter), which the peer does.
 //
 //   node server.js --listen 127.0.0.1:0 --redis-url redis://127.0.0.1:6379 \
-//                  --jwt-secret S --api-key K [--node-id a]
+//                  --jwt-secret S --api-key K [--node-id a] [--drop-every N]
 // Prints "listening on http://ADDR" (the line run scripts wait for, as for switchboard).
 import { createServer } from 'node:http';
 import { Server } from 'socket.io';
@@ -36,6 +36,10 @@ const redisUrl = arg('redis-url', '');
 const secret = arg('jwt-secret', '');
 const apiKey = arg('api-key', '');
 const nodeId = arg('node-id', `node-${process.pid}`);
+// For the k6 library's self-check only (loadtest/k6/selftest.sh): answer 200 to every n-th
+// emit without sending it, a deliberately broken endpoint whose losses k6 must catch.
+const dropEvery = Number(arg('drop-every', '0'));
+let emits = 0;
 if (!secret) {
   console.error('--jwt-secret is required');
   process.exit(2);
@@ -93,7 +97,8 @@ async function routes(req, res) {
     if (!body || typeof body.event !== 'string' || body.data === undefined) {
       return json(res, 400, { error: 'event and data are required', code: 'bad_request' });
     }
-    io.to(decodeURIComponent(m[1])).emit(body.event, body.data);
+    emits++;
+    if (!(dropEvery > 0 && emits % dropEvery === 0)) io.to(decodeURIComponent(m[1])).emit(body.event, body.data);
     return json(res, 200, { status: 'Event emitted' });
   }
   m = /^\/api\/users\/([^/]+)\/message$/.exec(path);
