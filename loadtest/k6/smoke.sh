@@ -17,6 +17,10 @@ export SWITCHBOARD_BIN="${SWITCHBOARD_BIN:-$TARGET_DIR/debug/switchboard}"
 root="${OUT:-$TARGET_DIR/k6-smoke/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$root"
 (cd "$repo/loadtest/peers/socketio-node" && npm ci --no-audit --no-fund --silent) || exit 1
+# CI runs the debug build on a shared machine: the latency thresholds get 4× the promise
+# (p95 400 ms, p99 1 s instead of 100/250 ms; connect/join p95 2 s instead of 500 ms). Every
+# count, loss, gap and success-rate threshold is unchanged. Override with SB_P95_MS, SB_P99_MS, SB_HANDSHAKE_P95_MS.
+export SB_P95_MS="${SB_P95_MS:-400}" SB_P99_MS="${SB_P99_MS:-1000}" SB_HANDSHAKE_P95_MS="${SB_HANDSHAKE_P95_MS:-2000}"
 
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=(connect fanout chat rest phoenix soak selftest)
