@@ -11,6 +11,8 @@
 //   sb_seq_gaps == 0, sb_duplicates == 0, sb_seq_checked count >= users × users-per-group × sends
 //   sb_join_ok == 100 %, sb_joins >= users; typing and read receipts arrive (count > 0)
 import { chatUser } from './lib/chatrun.js';
+import { groupsOf, prepareConversations } from './lib/setup.js';
+import { conversationId as convId, userId as uid } from './lib/config.js';
 import { sized } from './lib/config.js';
 
 export const S = sized({
@@ -47,6 +49,11 @@ export const options = {
   },
   thresholds: thresholds(S),
 };
+
+// SB_ACCESS=members: the conversations and their members, created first
+export function setup() {
+  prepareConversations(groupsOf(S.users, (i) => convId('chat', Math.floor(i / S.group)), uid));
+}
 
 export default async function () {
   await chatUser(S, () => 'sio');

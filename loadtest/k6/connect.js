@@ -8,6 +8,7 @@
 //   sb_connect_ms   p(95) < 500 ms      WebSocket open → namespace connected (handshake)
 //   sb_join_ms      p(95) < 500 ms
 //   sb_unexpected_disconnects == 0     no connection dropped while held
+import { groupsOf, prepareConversations } from './lib/setup.js';
 import exec from 'k6/execution';
 import { SocketIO, conversationId, joinOk, joins, joinTime, scenarioIndex, sized, target, tokenFor, userId, wait } from './lib/index.js';
 
@@ -18,6 +19,11 @@ const S = sized({
   large: { clients: 4000, ramp: 20, hold: 10, group: 10, handshakeP95Ms: 500 },
 });
 const MIN = Math.ceil(S.clients * 0.999);
+
+// SB_ACCESS=members: the conversations and their members, created before the storm
+export function setup() {
+  prepareConversations(groupsOf(S.clients, (i) => conversationId('c', Math.floor(i / S.group)), userId));
+}
 
 export const options = {
   scenarios: {

@@ -11,6 +11,7 @@
 //   sb_deliveries_received count >= rooms × M × K   (so an empty run cannot pass)
 //   sb_delivery_ms  p(95) < 100 ms, p(99) < 250 ms   (post → receipt, over all deliveries)
 //   sb_rest_ok rate == 100 % (every emit accepted), sb_connect_ok / sb_join_ok == 100 %
+import { groupsOf, prepareConversations } from './lib/setup.js';
 import exec from 'k6/execution';
 import {
   SocketIO,
@@ -44,6 +45,10 @@ const CLIENTS = S.rooms * S.members;
 const K = Math.round(S.rate * S.duration); // messages per room
 const EXPECTED = CLIENTS * K;
 const EVENT = 'k6:fanout';
+
+export function setup() {
+  prepareConversations(groupsOf(CLIENTS, (i) => conversationId('f', i % S.rooms), userId));
+}
 
 export const options = {
   scenarios: {

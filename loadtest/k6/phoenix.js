@@ -7,6 +7,8 @@
 // Promises: those of chat.js, for all users and for the Phoenix users on their own
 // ({proto:phx} thresholds): sends acked, send→ack and send→delivered p99 < 250 ms, no seq gap.
 import { chatUser } from './lib/chatrun.js';
+import { groupsOf, prepareConversations } from './lib/setup.js';
+import { conversationId as convId, userId as uid } from './lib/config.js';
 import { sized } from './lib/config.js';
 import { thresholds } from './chat.js';
 
@@ -37,6 +39,11 @@ export const options = {
     'sb_read_receipts_received{proto:phx}': ['count>0'],
   }),
 };
+
+// SB_ACCESS=members: the conversations and their members, created first
+export function setup() {
+  prepareConversations(groupsOf(S.users, (i) => convId('chat', Math.floor(i / S.group)), uid));
+}
 
 export default async function () {
   await chatUser(S, (i) => (i % 2 === 1 ? 'phx' : 'sio'));

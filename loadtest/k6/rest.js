@@ -11,6 +11,7 @@
 //   sb_rest_ok == 100 % for user_message, notify, users, conversation_online, presence
 //   sb_rest_ms{route:…} p(99) < 250 ms
 //   sb_lists_correct == 100 % (and at least 3 list checks)
+import { groupsOf, prepareConversations } from './lib/setup.js';
 import exec from 'k6/execution';
 import { Counter, Rate } from 'k6/metrics';
 import {
@@ -43,6 +44,10 @@ const S = sized({
 const K = S.messages;
 const listsCorrect = new Rate('sb_lists_correct');
 const listChecks = new Counter('sb_list_checks');
+
+export function setup() {
+  prepareConversations(groupsOf(S.users, (i) => conversationId('r', Math.floor(i / S.group)), userId));
+}
 
 export const options = {
   scenarios: {

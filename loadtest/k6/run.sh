@@ -23,6 +23,8 @@
 #   NODE_WORKERS      --worker-threads of each local node (default 1: two nodes share 2 cores)
 #   NODE_ARGS         extra flags for the local nodes (PEER_ARGS: for the local peers)
 #   SB_JWT_SECRET, SB_API_KEY   the local cluster's secrets (default: random per run)
+#   SB_ACCESS         the local nodes' --access: claims (default), members (the scenarios then
+#                     create their conversations in setup()), open
 #   SB_DATABASE       sqlite (default) or postgres: a fresh database on $PG (trust auth,
 #                     default postgres://postgres@127.0.0.1:5432), dropped afterwards
 #   K6_ARGS           extra k6 flags (e.g. --insecure-skip-tls-verify)
@@ -98,12 +100,9 @@ PG_DB=""
 cleanup() {
   local pid
   [ -n "$target" ] && NODE_PIDS=() # a deployment's (or compare.sh's) processes are not ours
-  for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${NODE_PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  # killed outright: a drain takes seconds, and the cluster is thrown away anyway
+  for pid in "${NODE_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   if [ -n "$PG_DB" ]; then psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true; fi
   NODE_PIDS=()
@@ -178,7 +177,7 @@ start_local_cluster() {
       # shellcheck disable=SC2086 # NODE_ARGS is a list of flags
       "$SWITCHBOARD_BIN" serve --listen 127.0.0.1:0 --node-id "k6-$id" \
         --redis-url "redis://127.0.0.1:$rport" --redis-prefix k6 --database-url "$db" \
-        --jwt-secret "$SB_JWT_SECRET" --api-key "$SB_API_KEY" --access claims \
+        --jwt-secret "$SB_JWT_SECRET" --api-key "$SB_API_KEY" --access "${SB_ACCESS:-claims}" \
         --worker-threads "${NODE_WORKERS:-1}" --log warn ${NODE_ARGS:-} \
         >"$logs/node-$id.out" 2>"$logs/node-$id.err" &
       pid=$!

@@ -13,6 +13,8 @@
 // Promises: chat.js's (sends acked, p99 < 250 ms, no seq gap, no duplicate), plus every
 // reconnect succeeded (sb_reconnects count >= the drops scheduled, sb_join_ok == 100 %).
 import { chatUser } from './lib/chatrun.js';
+import { groupsOf, prepareConversations } from './lib/setup.js';
+import { conversationId as convId, userId as uid } from './lib/config.js';
 import { conversationId, sized, target, RUN_ID } from './lib/config.js';
 import { rest, stamp } from './lib/index.js';
 import { thresholds } from './chat.js';
@@ -56,6 +58,11 @@ export const options = {
     'sb_seq_checked{proto:phx}': ['count>0'],
   }),
 };
+
+// SB_ACCESS=members: the conversations and their members, created first
+export function setup() {
+  prepareConversations(groupsOf(S.users, (i) => convId('soak', Math.floor(i / S.group)), uid));
+}
 
 export default async function () {
   await chatUser(S, (i) => (i % 2 === 1 ? 'phx' : 'sio'), 'soak');
