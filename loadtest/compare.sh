@@ -9,9 +9,9 @@
 #
 # Environment:
 #   ROUNDS=3                  rounds (medians are reported)
-#   K6_ROOMS=10 K6_MEMBERS=100  the k6 fan-out: rooms × members clients
-#   K6_RATES=2,5,10,20        msg/s per room, one k6 run per rate (× rooms × members = offered deliveries/s)
-#   K6_DURATION=15            published seconds per k6 run
+#   FANOUT_ROOMS=10 FANOUT_MEMBERS=100  the k6 fan-out: rooms × members clients
+#   FANOUT_RATES=2,5,10,20        msg/s per room, one k6 run per rate (× rooms × members = offered deliveries/s)
+#   FANOUT_DURATION=15            published seconds per k6 run
 #   RUST_CLIENTS=2000 RUST_ROOMS=1 RUST_RATES=10,25,50  the Rust driver's ramp (msg/s in total)
 #   RUST_DURATION=10
 #   NODE_WORKERS=1            Switchboard --worker-threads (a Node process is one thread)
@@ -27,10 +27,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 ROUNDS="${ROUNDS:-3}"
-K6_ROOMS="${K6_ROOMS:-10}"
-K6_MEMBERS="${K6_MEMBERS:-100}"
-K6_RATES="${K6_RATES:-2,5,10,20}"
-K6_DURATION="${K6_DURATION:-15}"
+FANOUT_ROOMS="${FANOUT_ROOMS:-10}"
+FANOUT_MEMBERS="${FANOUT_MEMBERS:-100}"
+FANOUT_RATES="${FANOUT_RATES:-2,5,10,20}"
+FANOUT_DURATION="${FANOUT_DURATION:-15}"
 RUST_CLIENTS="${RUST_CLIENTS:-2000}"
 RUST_ROOMS="${RUST_ROOMS:-1}"
 RUST_RATES="${RUST_RATES:-10,25,50}"
@@ -109,7 +109,7 @@ start_cluster() {
 
 results="$OUT/results.jsonl"
 : >"$results"
-IFS=, read -r -a k6_rates <<<"$K6_RATES"
+IFS=, read -r -a k6_rates <<<"$FANOUT_RATES"
 for round in $(seq "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order=(peer switchboard); else order=(switchboard peer); fi
   for server in "${order[@]}"; do
@@ -121,7 +121,7 @@ for round in $(seq "$ROUNDS"); do
       echo "[round $round] $server k6 fanout $rate msg/s/room; load $load" >&2
       set +e
       SB_JWT_SECRET="$SECRET" SB_API_KEY="$API_KEY" SB_SERVER_PIDS="$SERVER_PIDS,$REDIS_PID" \
-        SB_ROOMS="$K6_ROOMS" SB_MEMBERS="$K6_MEMBERS" SB_RATE="$rate" SB_DURATION="$K6_DURATION" \
+        SB_ROOMS="$FANOUT_ROOMS" SB_MEMBERS="$FANOUT_MEMBERS" SB_RATE="$rate" SB_DURATION="$FANOUT_DURATION" \
         SB_SETTLE=15 SB_DRAIN=10 OUT="$dir" "$here/k6/run.sh" fanout --target "$URLS" --size small >/dev/null 2>&1
       rc=$?
       set -e

@@ -90,6 +90,7 @@ def main():
     a1.set_ylabel("delivery latency p99 (ms)")
     a1.set_title("Delivery p99 vs offered rate")
     a2.set_xscale("log")
+    a2.set_yscale("log")
     a2.set_xlabel("offered deliveries/s (2 nodes)")
     a2.set_ylabel("server CPU per delivery (µs, both nodes + Redis)")
     a2.set_title("CPU per delivery vs offered rate")

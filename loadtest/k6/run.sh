@@ -216,6 +216,9 @@ else
   [ -n "${SB_JWT_SECRET:-}${SB_TOKENS_FILE:-}" ] || { echo "--target needs SB_JWT_SECRET or SB_TOKENS_FILE" >&2; exit 2; }
 fi
 export SB_SIZE="$size"
+# k6 reads K6_DURATION, K6_VUS, … from the environment and lets them replace the scripts'
+# scenarios entirely: none may leak in from the caller
+unset K6_DURATION K6_VUS K6_ITERATIONS K6_STAGES K6_SCENARIOS
 export SB_RUN_ID="${SB_RUN_ID:-k6$(date +%s)$RANDOM}"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
