@@ -32,7 +32,7 @@ import {
   tokenFor,
   userId,
   wait,
-  until,
+  latch,
 } from './lib/index.js';
 
 const S = sized({
@@ -93,6 +93,7 @@ export async function member() {
     console.log(`sb-window ${start + S.settle * 1000} ${start + (S.settle + S.duration) * 1000} ${EXPECTED}`);
   }
   const seen = new Set();
+  const all = latch();
   const sock = new SocketIO(target(i), { auth: { token: tokenFor(userId(i), [conv]) } });
   sock.on(EVENT, (d) => {
     const ms = since(d);
@@ -101,6 +102,7 @@ export async function member() {
     else {
       seen.add(d.n);
       deliveriesReceived.add(1);
+      if (seen.size >= K) all.open();
     }
   });
   let joined = false;
@@ -115,7 +117,7 @@ export async function member() {
   if (joined) joins.add(1);
   // everything published (settle + duration) must arrive within `drain` s after
   const deadline = start + (S.settle + S.duration + S.drain) * 1000;
-  await until(() => seen.size >= K, deadline - Date.now(), 100);
+  await all.wait(deadline - Date.now());
   deliveriesExpected.add(K);
   const lost = K - seen.size;
   if (lost > 0) deliveriesLost.add(lost);

@@ -31,7 +31,7 @@ import {
   target,
   tokenFor,
   userId,
-  until,
+  latch,
   wait,
 } from './lib/index.js';
 
@@ -100,6 +100,7 @@ export async function user() {
   await wait(start + (S.settle * 500 * i) / S.users - Date.now());
   const conv = conversationId('r', Math.floor(i / S.group));
   const seen = new Set();
+  const all = latch();
   const got = (d) => {
     if (!d || typeof d.n !== 'number') return;
     const ms = since(d);
@@ -108,6 +109,7 @@ export async function user() {
     else {
       seen.add(d.n);
       deliveriesReceived.add(1);
+      if (seen.size >= K) all.open();
     }
   };
   const sock = new SocketIO(target(i), { auth: { token: tokenFor(userId(i), [conv]) } });
@@ -123,7 +125,7 @@ export async function user() {
   }
   joinOk.add(ok ? 1 : 0);
   if (ok) joins.add(1);
-  await until(() => seen.size >= K, start + (S.settle + S.duration + S.drain) * 1000 - Date.now(), 100);
+  await all.wait(start + (S.settle + S.duration + S.drain) * 1000 - Date.now());
   if (seen.size < K) deliveriesLost.add(K - seen.size);
   // stay until the reader is done: the lists must keep showing this user
   await wait(start + (S.settle + S.duration + S.drain) * 1000 - Date.now());
