@@ -18,7 +18,7 @@ import { sized } from './lib/config.js';
 export const S = sized({
   smoke: { users: 24, group: 4, settle: 3, every: 1, sends: 5, drain: 2, readEvery: 2, churn: 0, down: 0, p99Ms: 250 },
   small: { users: 300, group: 5, settle: 10, every: 2, sends: 15, drain: 3, readEvery: 3, churn: 0, down: 0, p99Ms: 250 },
-  large: { users: 1500, group: 5, settle: 20, every: 2, sends: 20, drain: 5, readEvery: 3, churn: 0, down: 0, p99Ms: 250 },
+  large: { users: 1000, group: 5, settle: 20, every: 3, sends: 15, drain: 5, readEvery: 3, churn: 0, down: 0, p99Ms: 250 },
 });
 
 export function thresholds(S) {

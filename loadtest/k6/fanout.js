@@ -8,11 +8,13 @@
 //
 // Promises (thresholds):
 //   sb_deliveries_lost == 0, sb_delivered rate == 100 %, sb_duplicates == 0
+//   sb_late_joins == 0      every member joined before publishing began (within settle)
 //   sb_deliveries_received count >= rooms × M × K   (so an empty run cannot pass)
 //   sb_delivery_ms  p(95) < 100 ms, p(99) < 250 ms   (post → receipt, over all deliveries)
 //   sb_rest_ok rate == 100 % (every emit accepted), sb_connect_ok / sb_join_ok == 100 %
 import { groupsOf, prepareConversations } from './lib/setup.js';
 import exec from 'k6/execution';
+import { Counter } from 'k6/metrics';
 import {
   SocketIO,
   conversationId,
@@ -39,12 +41,13 @@ const S = sized({
   // rooms × members clients; each room gets `rate` msg/s for `duration` s after `settle` s
   smoke: { rooms: 2, members: 10, rate: 5, duration: 5, settle: 3, drain: 3, p95Ms: 100, p99Ms: 250 },
   small: { rooms: 10, members: 100, rate: 5, duration: 20, settle: 10, drain: 5, p95Ms: 100, p99Ms: 250 },
-  large: { rooms: 20, members: 100, rate: 10, duration: 30, settle: 20, drain: 10, p95Ms: 100, p99Ms: 250 },
+  large: { rooms: 20, members: 100, rate: 3, duration: 30, settle: 20, drain: 10, p95Ms: 100, p99Ms: 250 },
 });
 const CLIENTS = S.rooms * S.members;
 const K = Math.round(S.rate * S.duration); // messages per room
 const EXPECTED = CLIENTS * K;
 const EVENT = 'k6:fanout';
+const lateJoins = new Counter('sb_late_joins');
 
 export function setup() {
   prepareConversations(groupsOf(CLIENTS, (i) => conversationId('f', i % S.rooms), userId));
@@ -72,6 +75,7 @@ export const options = {
     sb_deliveries_lost: ['count==0'],
     sb_delivered: ['rate==1'],
     sb_duplicates: ['count==0'],
+    sb_late_joins: ['count==0'],
     sb_deliveries_received: [`count>=${EXPECTED}`],
     sb_delivery_ms: [`p(95)<${S.p95Ms}`, `p(99)<${S.p99Ms}`],
     'sb_rest_ok{route:emit}': ['rate==1'],
@@ -101,7 +105,6 @@ export async function member() {
     if (seen.has(d.n)) duplicates.add(1);
     else {
       seen.add(d.n);
-      deliveriesReceived.add(1);
       if (seen.size >= K) all.open();
     }
   });
@@ -113,15 +116,28 @@ export async function member() {
   } catch (e) {
     joined = false;
   }
+  const joinedAt = joined ? Date.now() : Infinity;
   joinOk.add(joined ? 1 : 0);
   if (joined) joins.add(1);
+  // A member joined after publishing began cannot expect what was posted before: it expects
+  // the messages scheduled from its join on, and counts as a late join (its own threshold).
+  const publishStart = start + S.settle * 1000;
+  let first = 1;
+  while (first <= K && publishStart + ((first - 1 + room / S.rooms) * 1000) / S.rate < joinedAt) first++;
+  if (first > 1) lateJoins.add(1);
   // everything published (settle + duration) must arrive within `drain` s after
   const deadline = start + (S.settle + S.duration + S.drain) * 1000;
   await all.wait(deadline - Date.now());
-  deliveriesExpected.add(K);
-  const lost = K - seen.size;
+  // counted once per member, not per delivery: a metric sample costs k6 CPU
+  deliveriesReceived.add(seen.size);
+  let lost = 0;
+  for (let n = first; n <= K; n++) {
+    const got = seen.has(n);
+    if (!got) lost++;
+    deliveredAll.add(got ? 1 : 0);
+  }
+  deliveriesExpected.add(K - first + 1);
   if (lost > 0) deliveriesLost.add(lost);
-  for (let n = 0; n < K; n++) deliveredAll.add(n < seen.size ? 1 : 0);
   sock.close();
 }
 
