@@ -57,6 +57,7 @@ export default async function () {
   try {
     await sock.connect();
   } catch (e) {
+    console.warn(`client ${i} (${user}) did not connect: ${e.message}`);
     return;
   }
   const t0 = Date.now();
@@ -65,6 +66,7 @@ export default async function () {
     const ack = await sock.request('room:join', { conversationId: conv });
     ok = !!(ack && ack.success);
   } catch (e) {
+    console.warn(`client ${i} (${user}) did not join: ${e.message}`);
     ok = false;
   }
   joinOk.add(ok ? 1 : 0);

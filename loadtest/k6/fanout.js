@@ -41,7 +41,7 @@ const S = sized({
   // rooms × members clients; each room gets `rate` msg/s for `duration` s after `settle` s
   smoke: { rooms: 2, members: 10, rate: 5, duration: 5, settle: 3, drain: 3, p95Ms: 100, p99Ms: 250 },
   small: { rooms: 10, members: 100, rate: 5, duration: 20, settle: 10, drain: 5, p95Ms: 100, p99Ms: 250 },
-  large: { rooms: 20, members: 100, rate: 3, duration: 30, settle: 20, drain: 10, p95Ms: 100, p99Ms: 250 },
+  large: { rooms: 20, members: 50, rate: 3, duration: 30, settle: 15, drain: 10, p95Ms: 100, p99Ms: 250 },
 });
 const CLIENTS = S.rooms * S.members;
 const K = Math.round(S.rate * S.duration); // messages per room
@@ -75,6 +75,7 @@ export const options = {
     sb_deliveries_lost: ['count==0'],
     sb_delivered: ['rate==1'],
     sb_duplicates: ['count==0'],
+    sb_unexpected_disconnects: ['count==0'],
     sb_late_joins: ['count==0'],
     sb_deliveries_received: [`count>=${EXPECTED}`],
     sb_delivery_ms: [`p(95)<${S.p95Ms}`, `p(99)<${S.p99Ms}`],
@@ -114,6 +115,7 @@ export async function member() {
     const ack = await sock.request('room:join', { conversationId: conv });
     joined = !!(ack && ack.success);
   } catch (e) {
+    console.warn(`member ${i} did not join: ${e.message}`);
     joined = false;
   }
   const joinedAt = joined ? Date.now() : Infinity;
@@ -137,7 +139,12 @@ export async function member() {
     deliveredAll.add(got ? 1 : 0);
   }
   deliveriesExpected.add(K - first + 1);
-  if (lost > 0) deliveriesLost.add(lost);
+  if (lost > 0) {
+    deliveriesLost.add(lost);
+    const missing = [];
+    for (let n = first; n <= K && missing.length < 10; n++) if (!seen.has(n)) missing.push(n);
+    console.warn(`member ${i} (room ${room}, node ${target(i)}, joined ${joinedAt - publishStart} ms before publishing) lost ${lost}: n = ${missing.join(',')}; pings ${sock.pings}, connected ${sock.connected}`);
+  }
   sock.close();
 }
 

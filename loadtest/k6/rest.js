@@ -79,6 +79,7 @@ export const options = {
     sb_deliveries_lost: ['count==0'],
     sb_deliveries_received: [`count>=${S.users * K}`],
     sb_duplicates: ['count==0'],
+    sb_unexpected_disconnects: ['count==0'],
     sb_delivery_ms: [`p(95)<${S.p95Ms}`, `p(99)<${S.p99Ms}`],
     'sb_rest_ok{route:user_message}': ['rate==1'],
     'sb_rest_ok{route:notify}': ['rate==1'],

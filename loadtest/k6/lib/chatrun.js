@@ -33,6 +33,7 @@ export async function chatUser(S, protoOf, kind = 'chat') {
   try {
     joined = await u.connect();
   } catch (e) {
+    console.warn(`user ${user} (${protoOf(i)}) did not connect: ${e.message}`);
     joined = false;
   }
   if (!joined) return;
