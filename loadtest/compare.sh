@@ -9,10 +9,10 @@
 #
 # Environment:
 #   ROUNDS=3                  rounds (medians are reported)
-#   FANOUT_ROOMS=10 FANOUT_MEMBERS=100  the k6 fan-out: rooms × members clients
-#   FANOUT_RATES=2,5,10,20        msg/s per room, one k6 run per rate (× rooms × members = offered deliveries/s)
+#   FANOUT_ROOMS=20 FANOUT_MEMBERS=50   the k6 fan-out: rooms × members clients
+#   FANOUT_RATES=0.5,1,2,4        msg/s per room, one k6 run per rate (× rooms × members = offered deliveries/s)
 #   FANOUT_DURATION=15            published seconds per k6 run
-#   RUST_CLIENTS=2000 RUST_ROOMS=1 RUST_RATES=10,25,50  the Rust driver's ramp (msg/s in total)
+#   RUST_CLIENTS=2000 RUST_ROOMS=1 RUST_RATES=5,25,50  the Rust driver's ramp (msg/s in total)
 #   RUST_DURATION=10
 #   NODE_WORKERS=1            Switchboard --worker-threads (a Node process is one thread)
 #   SWITCHBOARD_BIN, FANOUT_BIN   release binaries (built when unset)
@@ -27,13 +27,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 ROUNDS="${ROUNDS:-3}"
-FANOUT_ROOMS="${FANOUT_ROOMS:-10}"
-FANOUT_MEMBERS="${FANOUT_MEMBERS:-100}"
-FANOUT_RATES="${FANOUT_RATES:-2,5,10,20}"
+FANOUT_ROOMS="${FANOUT_ROOMS:-20}"
+FANOUT_MEMBERS="${FANOUT_MEMBERS:-50}"
+FANOUT_RATES="${FANOUT_RATES:-0.5,1,2,4}"
 FANOUT_DURATION="${FANOUT_DURATION:-15}"
 RUST_CLIENTS="${RUST_CLIENTS:-2000}"
 RUST_ROOMS="${RUST_ROOMS:-1}"
-RUST_RATES="${RUST_RATES:-10,25,50}"
+RUST_RATES="${RUST_RATES:-5,25,50}"
 RUST_DURATION="${RUST_DURATION:-10}"
 NODE_WORKERS="${NODE_WORKERS:-1}"
 OUT="${OUT:-$here/results/compare-$(date -u +%Y%m%dT%H%M%SZ)}"

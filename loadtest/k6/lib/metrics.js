@@ -12,6 +12,7 @@ export const joinOk = new Rate('sb_join_ok');
 export const joins = new Counter('sb_joins'); // successful joins
 export const disconnects = new Counter('sb_unexpected_disconnects');
 export const reconnects = new Counter('sb_reconnects');
+export const unreadable = new Counter('sb_unreadable_frames'); // frames the client could not parse
 
 // Deliveries (fan-out, REST → user, chat)
 export const deliveryLatency = new Trend('sb_delivery_ms', true); // payload timestamp → receipt

@@ -14,7 +14,7 @@
 // connect() and request() return promises; the VU's iteration lasts while a socket is open.
 import { WebSocket } from 'k6/experimental/websockets';
 import { setTimeout, clearTimeout } from 'k6/timers';
-import { connectOk, connects, connectTime, disconnects, reconnects } from './metrics.js';
+import { connectOk, connects, connectTime, disconnects, reconnects, unreadable } from './metrics.js';
 
 /** ws(s)://HOST/socket.io/?EIO=4&transport=websocket for an http(s):// base URL. */
 export function socketIoUrl(base, query = {}) {
@@ -164,7 +164,14 @@ export class SocketIO {
             this.armWatchdog();
             break;
           case '4': {
-            const p = parsePacket(s.slice(1));
+            let p;
+            try {
+              p = parsePacket(s.slice(1));
+            } catch (err) {
+              unreadable.add(1, this.opts.tags);
+              console.warn(`unreadable Socket.IO packet (${err}): ${s.slice(0, 200)}`);
+              break;
+            }
             if (p.nsp !== this.ns) break;
             if (p.type === 0) {
               this.sid = p.data && p.data.sid;
@@ -196,8 +203,12 @@ export class SocketIO {
           case '1':
             this.teardown();
             break;
+          case '6':
+          case '3':
+            break; // noop, pong
           default:
-            break; // 6 noop, 3 pong
+            unreadable.add(1, this.opts.tags);
+            console.warn(`unexpected Engine.IO packet: ${s.slice(0, 200)}`);
         }
       };
     });
