@@ -123,6 +123,7 @@ export async function member() {
     joined = false;
   }
   const joinedAt = joined ? Date.now() : Infinity;
+  const alive = () => `${Math.round((Date.now() - joinedAt) / 1000)} s`;
   joinOk.add(joined ? 1 : 0);
   if (joined) joins.add(1);
   // A member joined after publishing began cannot expect what was posted before: it expects
@@ -147,8 +148,10 @@ export async function member() {
     deliveriesLost.add(lost);
     const missing = [];
     for (let n = first; n <= K && missing.length < 10; n++) if (!seen.has(n)) missing.push(n);
-    console.warn(`member ${i} (room ${room}, node ${target(i)}, joined ${joinedAt - publishStart} ms before publishing) lost ${lost}: n = ${missing.join(',')}; pings ${sock.pings}, connected ${sock.connected}, leaves heard ${leftSeen}`);
+    console.warn(`member ${i} (room ${room}, node ${target(i)}, joined ${joinedAt - publishStart} ms before publishing) lost ${lost}: n = ${missing.join(',')}; server pings ${sock.pings} in ${alive()}, connected ${sock.connected}, leaves heard ${leftSeen}`);
   }
+  // a baseline for the warnings above: server pings come every 5 s (Switchboard's pingInterval)
+  if (i < 2 && lost === 0) console.log(`member ${i}: all ${K} received; server pings ${sock.pings} in ${alive()}`);
   sock.close();
 }
 
