@@ -47,8 +47,8 @@ def main() -> int:
             ax.legend(fontsize=5, loc="upper left", facecolor="#181b1f", labelcolor="#d8d9da", framealpha=0.6)
         else:
             ax.text(0.5, 0.5, "no data", color="#8e8e8e", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle("Switchboard cluster — each panel's query over a test run (seconds)", color="#d8d9da")
-    fig.tight_layout()
+    fig.suptitle("Switchboard cluster: each panel's query over a test run (x: seconds; rates over 5 s)", color="#d8d9da")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(sys.argv[2], dpi=80, facecolor=fig.get_facecolor())
     return 0
 

@@ -263,6 +263,27 @@ impl Metrics {
                 option_env!("SWITCHBOARD_GIT_COMMIT").unwrap_or("unknown"),
             ])
             .set(1);
+        // Counters of rare events exist at 0 from start-up, so that a rate() over them sees the
+        // first one (a series that appears at 1 has no increase).
+        let disconnects = counter_vec(&r, "disconnects_total", "Connections closed, by reason", &["reason"]);
+        for reason in engineio::DisconnectReason::ALL {
+            disconnects.with_label_values(&[reason.label()]);
+        }
+        let auth_failures = counter_vec(
+            &r,
+            "auth_failures_total",
+            "Handshakes refused, by protocol and cause",
+            &["protocol", "cause"],
+        );
+        for p in &protocols {
+            for cause in AUTH_CAUSES {
+                auth_failures.with_label_values(&[p, cause]);
+            }
+        }
+        let bus_dropped = counter_vec(&r, "bus_dropped_total", "Bus envelopes dropped, by reason", &["reason"]);
+        for reason in ["undecodable", "newer_version", "unknown_kind", "lagged"] {
+            bus_dropped.with_label_values(&[reason]);
+        }
         Self {
             connections: gauge_vec(
                 &r,
@@ -271,13 +292,8 @@ impl Metrics {
                 &["protocol", "namespace"],
             ),
             connects: children(&connects, &protocols),
-            disconnects: counter_vec(&r, "disconnects_total", "Connections closed, by reason", &["reason"]),
-            auth_failures: counter_vec(
-                &r,
-                "auth_failures_total",
-                "Handshakes refused, by protocol and cause",
-                &["protocol", "cause"],
-            ),
+            disconnects,
+            auth_failures,
             inbound_events: counter_vec(
                 &r,
                 "inbound_events_total",
@@ -338,7 +354,7 @@ impl Metrics {
             redis_connected: gauge_vec(&r, "redis_connected", "1 while the Redis connection is up", &["client"]),
             bus_published: children(&published, &Event::KINDS),
             bus_received: children(&received, &Event::KINDS),
-            bus_dropped: counter_vec(&r, "bus_dropped_total", "Bus envelopes dropped, by reason", &["reason"]),
+            bus_dropped,
             bus_lag: histogram(
                 &r,
                 "bus_lag_seconds",
