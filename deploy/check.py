@@ -245,7 +245,7 @@ def _promtool() -> None:
         f.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
         out = run([promtool, "check", "rules", str(f)])
         assert out.returncode == 0, out.stdout + out.stderr
-        assert "SUCCESS: 4 rules found" in out.stdout, out.stdout
+        assert "SUCCESS: 8 rules found" in out.stdout, out.stdout
 
 
 @check("minimal values: no PDB, HPA, Job, preStop or service account; public key mounted and passed")
