@@ -11,6 +11,7 @@ fn switchboard(args: &[&str]) -> Output {
         .env_remove("SWITCHBOARD_JWT_SECRET")
         .env_remove("SWITCHBOARD_DEV")
         .env_remove("SWITCHBOARD_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .output();
     match out {
         Ok(out) => out,
@@ -41,6 +42,7 @@ fn help_lists_every_flag_with_env_and_default() {
         ("--rate-limit", "SWITCHBOARD_RATE_LIMIT", "50/s,burst=200"),
         ("--cors-origins", "SWITCHBOARD_CORS_ORIGINS", "none"),
         ("--dev", "SWITCHBOARD_DEV", "off"),
+        ("--otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "unset"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");
@@ -60,6 +62,22 @@ fn serve_without_auth_is_refused_naming_the_flags() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("--jwt-secret") && err.contains("--dev"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn an_otlp_endpoint_that_is_not_http_is_refused_naming_the_flag() {
+    let out = switchboard(&[
+        "--jwt-secret",
+        "s",
+        "--access",
+        "open",
+        "--otlp-endpoint",
+        "grpc://collector:4317",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("--otlp-endpoint"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
