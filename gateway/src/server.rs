@@ -117,6 +117,7 @@ impl Node {
         };
         let domain = Arc::new(Domain::new(backends, rules, tasks.clone(), shutdown.clone()));
         inlet.connect(&(domain.clone() as Arc<dyn LocalSink>));
+        crate::runtime::register_metrics();
         let socketio = SocketIoAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
         let phoenix = PhoenixAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
 

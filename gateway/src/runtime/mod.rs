@@ -70,6 +70,12 @@ fn snake(name: &str) -> String {
     out
 }
 
+/// Creates every event's series at 0, so that the first events after start-up show in a
+/// `rate()` (a series that appears with its first count has no increase).
+pub fn register_metrics() {
+    LazyLock::force(&EVENTS);
+}
+
 /// Counts one inbound event of `protocol` and times its handling since `started` (`verb`:
 /// what the protocol's name table mapped it to). Failures are counted where each adapter
 /// renders them.

@@ -204,6 +204,8 @@ test('every dashboard and alert expression returns series from a real Prometheus
     try {
       const result = await query(prom, concrete(expr));
       if (result.length === 0) problems.push(`dashboard "${panel}": no series for ${concrete(expr)}`);
+      // A quantile over a window without observations is NaN: that is no data either.
+      else if (result.every((s) => Number.isNaN(Number(s.value[1])))) problems.push(`dashboard "${panel}": only NaN for ${concrete(expr)}`);
     } catch (e) {
       problems.push(`dashboard "${panel}": ${e.message}`);
     }
