@@ -196,9 +196,13 @@ def _default() -> None:
 def _production() -> None:
     objs = RENDERED["production"]
     assert "Secret" not in kinds(objs), "the chart must not create a Secret with existingSecret"
-    assert kinds(objs) == sorted(["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "Job",
-                                  "PodDisruptionBudget", "PrometheusRule", "Service", "ServiceAccount",
+    assert kinds(objs) == sorted(["ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress",
+                                  "Job", "PodDisruptionBudget", "PrometheusRule", "Service", "ServiceAccount",
                                   "ServiceMonitor"]), kinds(objs)
+    board = find("ConfigMap", objs, "-dashboard")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1", board["metadata"]
+    shipped = (ROOT / "deploy" / "grafana" / "switchboard.json").read_text()
+    assert json.loads(board["data"]["switchboard.json"]) == json.loads(shipped), "chart dashboard differs from deploy/grafana/switchboard.json (run deploy/grafana/dashboard.py)"
     dep = find("Deployment", objs)
     assert "replicas" not in dep["spec"], "the HPA owns replicas"
     pod = dep["spec"]["template"]["spec"]
@@ -241,7 +245,7 @@ def _promtool() -> None:
         f.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
         out = run([promtool, "check", "rules", str(f)])
         assert out.returncode == 0, out.stdout + out.stderr
-        assert "SUCCESS: 4 rules found" in out.stdout, out.stdout
+        assert "SUCCESS: 8 rules found" in out.stdout, out.stdout
 
 
 @check("minimal values: no PDB, HPA, Job, preStop or service account; public key mounted and passed")
@@ -408,6 +412,23 @@ def _haproxy() -> None:
     assert re.search(r"^\s*option httpchk GET /ready", cfg, re.M) or "http-check send meth GET uri /ready" in cfg
     assert re.search(r"^\s*timeout tunnel\s+3600s", cfg, re.M), "WebSocket tunnel timeout"
     out = run([haproxy, "-c", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@check("deploy/grafana/switchboard.json type-checks against Grafana's Dashboard type (@grafana/schema + tsc)")
+def _dashboard_types() -> None:
+    out = run(["node", str(ROOT / "deploy" / "test" / "dashboard-types.mjs")])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@check("deploy/prometheus/alerts.yaml: promtool check rules and promtool test rules")
+def _alerts() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not installed"
+    here = ROOT / "deploy" / "prometheus"
+    out = run([promtool, "check", "rules", str(here / "alerts.yaml")])
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = run([promtool, "test", "rules", str(here / "alerts.test.yaml")], cwd=here)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

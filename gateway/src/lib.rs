@@ -19,6 +19,7 @@
 //! - [`presence`]: who is connected where, with which status.
 //! - [`redis`]: the Redis connections a cluster node shares between bus and presence.
 //! - [`metrics`]: every Prometheus metric, registered once.
+//! - [`telemetry`]: logs, and OpenTelemetry traces across nodes when an OTLP endpoint is set.
 //! - [`server`]: wiring, listening, draining on SIGTERM.
 //! - [`dev`]: the credentials `--dev` generates and keeps.
 
@@ -38,3 +39,4 @@ pub mod runtime;
 pub mod server;
 pub mod socketio;
 pub mod store;
+pub mod telemetry;

@@ -4,6 +4,7 @@ use clap::Parser;
 use gateway::auth::parse_claim;
 use gateway::config::{Cli, Command, Config, ConfigError, LogFormat, Options, TokenArgs, jwt_settings, parse_duration};
 use gateway::dev::DevCredentials;
+use gateway::telemetry::{self, Logs};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -53,13 +54,6 @@ fn serve(options: &Options) -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(&format!("invalid value for --log: {e}")),
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
-    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.worker_threads {
         runtime.worker_threads(n);
@@ -68,7 +62,22 @@ fn serve(options: &Options) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(gateway::server::run(config)) {
+    let logs = match config.log_format {
+        LogFormat::Json => Logs::Json,
+        LogFormat::Text => Logs::Text,
+    };
+    // The trace exporter sends its batches from a task of this runtime.
+    let telemetry = {
+        let _inside = runtime.enter();
+        match telemetry::init(filter, logs, config.otlp_endpoint.as_deref(), &config.node_id.0) {
+            Ok(t) => t,
+            Err(e) => return fail(&e),
+        }
+    };
+    let served = runtime.block_on(gateway::server::run(config));
+    // Flushes the spans still buffered, while the runtime still runs the exporter.
+    drop(telemetry);
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }

@@ -4,6 +4,7 @@ use crate::bus::{Bus, Inlet, LocalSink, MemoryBus, RedisBus};
 use crate::config::Config;
 use crate::domain::{Backends, Domain, Rules};
 use crate::http::{self, AppState, Readiness, ReadinessCheck};
+use crate::metrics::METRICS;
 use crate::phoenix::PhoenixAdapter;
 use crate::presence::{MemoryPresence, Presence, RedisPresence};
 use crate::redis::Redis;
@@ -77,6 +78,7 @@ impl Node {
                 )
                 .await
                 .map_err(|e| ServeError::Startup(e.to_string()))?;
+                watch_redis(&redis);
                 let presence = RedisPresence::start(redis.clone(), config.node_id.clone(), config.presence_ttl)
                     .await
                     .map_err(|e| ServeError::Startup(e.to_string()))?;
@@ -91,13 +93,14 @@ impl Node {
             .await
             .map_err(|e| ServeError::Startup(e.to_string()))?;
         sql.migrate().await.map_err(|e| ServeError::Startup(e.to_string()))?;
-        let store = Arc::new(Guarded::new(sql));
+        let store = Arc::new(Guarded::new(sql, "sql"));
         let messages: Arc<dyn MessageStore> = match &config.mongodb_url {
             None => store.clone(),
             Some(url) => Arc::new(Guarded::new(
                 MongoStore::connect(url)
                     .await
                     .map_err(|e| ServeError::Startup(e.to_string()))?,
+                "mongodb",
             )),
         };
         let backends = Backends {
@@ -114,6 +117,7 @@ impl Node {
         };
         let domain = Arc::new(Domain::new(backends, rules, tasks.clone(), shutdown.clone()));
         inlet.connect(&(domain.clone() as Arc<dyn LocalSink>));
+        crate::runtime::register_metrics();
         let socketio = SocketIoAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
         let phoenix = PhoenixAdapter::build(config, domain.clone()).map_err(ServeError::Startup)?;
 
@@ -147,6 +151,18 @@ impl Node {
             tasks,
         })
     }
+}
+
+/// `redis_connected{client}`, read at each scrape.
+fn watch_redis(redis: &Redis) {
+    let (client, subscriber) = (redis.client.clone(), redis.subscriber.clone());
+    let commands = METRICS.redis_connected.with_label_values(&["commands"]);
+    let pubsub = METRICS.redis_connected.with_label_values(&["subscriber"]);
+    METRICS.on_scrape(move || {
+        use fred::interfaces::ClientLike;
+        commands.set(i64::from(client.is_connected()));
+        pubsub.set(i64::from(subscriber.is_connected()));
+    });
 }
 
 /// Connections the kernel may hold for the node before it accepts them. tokio's default (1,024)

@@ -11,6 +11,7 @@ fn switchboard(args: &[&str]) -> Output {
         .env_remove("SWITCHBOARD_JWT_SECRET")
         .env_remove("SWITCHBOARD_DEV")
         .env_remove("SWITCHBOARD_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .output();
     match out {
         Ok(out) => out,
@@ -55,6 +56,7 @@ fn help_lists_every_flag_with_env_and_default() {
             "50",
         ),
         ("--max-page-bytes", "SWITCHBOARD_MAX_PAGE_BYTES", "1MiB"),
+        ("--otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "unset"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");
@@ -74,6 +76,22 @@ fn serve_without_auth_is_refused_naming_the_flags() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("--jwt-secret") && err.contains("--dev"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn an_otlp_endpoint_that_is_not_http_is_refused_naming_the_flag() {
+    let out = switchboard(&[
+        "--jwt-secret",
+        "s",
+        "--access",
+        "open",
+        "--otlp-endpoint",
+        "grpc://collector:4317",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("--otlp-endpoint"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 

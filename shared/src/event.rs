@@ -84,6 +84,54 @@ pub enum Event {
     RosterChanged(RosterDiff),
 }
 
+impl Event {
+    /// Every event kind's wire name (the envelope's `kind`), in [`Event::kind_index`] order:
+    /// a small fixed set, fit for metric labels.
+    pub const KINDS: [&'static str; 15] = [
+        "member_joined",
+        "member_left",
+        "typing",
+        "user_online",
+        "user_offline",
+        "presence_changed",
+        "notification",
+        "direct",
+        "disconnect",
+        "message_created",
+        "message_status",
+        "reaction_added",
+        "reaction_removed",
+        "member_removed",
+        "roster_changed",
+    ];
+
+    /// This event's position in [`Event::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Event::MemberJoined(_) => 0,
+            Event::MemberLeft(_) => 1,
+            Event::Typing(_) => 2,
+            Event::UserOnline(_) => 3,
+            Event::UserOffline(_) => 4,
+            Event::PresenceChanged(_) => 5,
+            Event::Notification(_) => 6,
+            Event::Direct(_) => 7,
+            Event::Disconnect(_) => 8,
+            Event::MessageCreated(_) => 9,
+            Event::MessageStatus(_) => 10,
+            Event::ReactionAdded(_) => 11,
+            Event::ReactionRemoved(_) => 12,
+            Event::MemberRemoved(_) => 13,
+            Event::RosterChanged(_) => 14,
+        }
+    }
+
+    /// This event's wire name (the envelope's `kind`).
+    pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
+}
+
 /// A stored message: `{ id, conversationId, senderId, content, type, attachments, tempId, seq, sentAt }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -356,6 +404,23 @@ mod tests {
             };
             assert_eq!(Envelope::decode(&envelope.encode()?)?, envelope);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn kind_names_are_the_wire_tags() -> Result<(), Box<dyn std::error::Error>> {
+        let event = Event::Typing(Typing {
+            conversation_id: "c".into(),
+            user_id: "u".into(),
+            is_typing: true,
+        });
+        let json = serde_json::to_value(&event)?;
+        assert_eq!(json["kind"], event.kind());
+        let direct = Event::Direct(Direct {
+            event: "e".into(),
+            data: serde_json::Value::Null,
+        });
+        assert_eq!(serde_json::to_value(&direct)?["kind"], direct.kind());
         Ok(())
     }
 

@@ -21,8 +21,12 @@ impl MemoryBus {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, delivery: Delivery) -> Result<(), BusError> {
-        METRICS.bus_published.inc();
+        let started = std::time::Instant::now();
+        if let Some(published) = METRICS.bus_published.get(delivery.event.kind_index()) {
+            published.inc();
+        }
         self.sink.deliver(Arc::new(delivery)).await;
+        METRICS.fanout_local.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -2,16 +2,19 @@
 //! local member, one MessagePack envelope per event.
 
 use super::{Bus, BusError, LocalSink};
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, Metrics};
 use crate::redis::{COMMAND_TIMEOUT, Redis};
+use crate::telemetry;
 use async_trait::async_trait;
 use fred::prelude::*;
 use shared::event::{ENVELOPE_VERSION, Received};
 use shared::{Delivery, Envelope, NodeId, Topic};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Publishes to and receives from Redis channels `<prefix>:ch:c:<id>`, `<prefix>:ch:u:<id>` and
 /// `<prefix>:ch:all`.
@@ -21,6 +24,8 @@ pub struct RedisBus {
     sink: Arc<dyn LocalSink>,
     /// Topics the node wants: subscribed again whenever the subscriber reconnects.
     subscribed: Mutex<HashSet<Topic>>,
+    /// `redis_command_duration_seconds{command="publish"}`.
+    publish_seconds: prometheus::Histogram,
 }
 
 fn channel(prefix: &str, topic: &Topic) -> String {
@@ -45,6 +50,7 @@ impl RedisBus {
             node_id,
             sink,
             subscribed: Mutex::default(),
+            publish_seconds: METRICS.redis_duration.with_label_values(&["publish"]),
         });
         let all = channel(&bus.redis.prefix, &Topic::All);
         bus.redis
@@ -69,7 +75,7 @@ async fn receive(bus: Arc<RedisBus>, shutdown: CancellationToken) {
         let message = match message {
             Ok(m) => m,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                METRICS.bus_dropped.inc_by(n);
+                METRICS.bus_dropped.with_label_values(&["lagged"]).inc_by(n);
                 tracing::warn!(lost = n, "bus receiver lagged; events were dropped");
                 continue;
             }
@@ -84,22 +90,28 @@ async fn receive(bus: Arc<RedisBus>, shutdown: CancellationToken) {
             // The origin delivered to its own sockets when it published.
             Ok(Received::Envelope(env)) if env.origin == bus.node_id => {}
             Ok(Received::Envelope(env)) => {
-                METRICS.bus_received.inc();
-                bus.sink.deliver(Arc::new(env.delivery)).await;
+                let kind = env.delivery.event.kind_index();
+                if let Some(received) = METRICS.bus_received.get(kind) {
+                    received.inc();
+                }
+                Metrics::observe_since_ms(&METRICS.bus_lag, env.ts_ms);
+                let span = telemetry::delivery_span(env.trace.as_deref(), env.delivery.event.kind(), &env.origin.0);
+                bus.sink.deliver(Arc::new(env.delivery)).instrument(span).await;
+                Metrics::observe_since_ms(&METRICS.fanout_remote, env.ts_ms);
             }
             Ok(Received::Newer(version)) => {
-                METRICS.bus_dropped.inc();
+                METRICS.bus_dropped.with_label_values(&["newer_version"]).inc();
                 tracing::warn!(
                     version,
                     "envelope of a newer, incompatible version dropped (a deploy in progress?)"
                 );
             }
             Ok(Received::UnknownKind(kind)) => {
-                METRICS.bus_dropped.inc();
+                METRICS.bus_dropped.with_label_values(&["unknown_kind"]).inc();
                 tracing::debug!(%kind, "event of a kind this version does not know dropped");
             }
             Err(e) => {
-                METRICS.bus_dropped.inc();
+                METRICS.bus_dropped.with_label_values(&["undecodable"]).inc();
                 tracing::warn!(error = %e, channel = %message.channel, "undecodable envelope dropped");
             }
         }
@@ -138,11 +150,18 @@ async fn resubscribe_on_reconnect(bus: Arc<RedisBus>, shutdown: CancellationToke
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, delivery: Delivery) -> Result<(), BusError> {
+        let started = Instant::now();
+        let kind = delivery.event.kind_index();
+        let span = if telemetry::enabled() {
+            tracing::info_span!("bus.publish", kind = delivery.event.kind())
+        } else {
+            tracing::Span::none()
+        };
         let envelope = Envelope {
             v: ENVELOPE_VERSION,
             origin: self.node_id.clone(),
             ts_ms: chrono::Utc::now().timestamp_millis(),
-            trace: None,
+            trace: span.in_scope(telemetry::traceparent),
             delivery,
         };
         let bytes = envelope
@@ -150,12 +169,21 @@ impl Bus for RedisBus {
             .map_err(|e| BusError::Unavailable(format!("cannot encode: {e}")))?;
         let name = channel(&self.redis.prefix, &envelope.delivery.topic);
         // Local sockets first: they do not wait for Redis, and still get the event without it.
-        self.sink.deliver(Arc::new(envelope.delivery)).await;
-        let published =
-            tokio::time::timeout(COMMAND_TIMEOUT, self.redis.client.publish::<i64, _, _>(name, bytes)).await;
+        self.sink
+            .deliver(Arc::new(envelope.delivery))
+            .instrument(span.clone())
+            .await;
+        METRICS.fanout_local.observe(started.elapsed().as_secs_f64());
+        let sent = Instant::now();
+        let published = tokio::time::timeout(COMMAND_TIMEOUT, self.redis.client.publish::<i64, _, _>(name, bytes))
+            .instrument(span)
+            .await;
+        self.publish_seconds.observe(sent.elapsed().as_secs_f64());
         match published {
             Ok(Ok(_)) => {
-                METRICS.bus_published.inc();
+                if let Some(published) = METRICS.bus_published.get(kind) {
+                    published.inc();
+                }
                 Ok(())
             }
             Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
@@ -170,6 +198,7 @@ impl Bus for RedisBus {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(topic.clone());
         if added {
+            METRICS.bus_subscribed_topics.inc();
             let name = channel(&self.redis.prefix, topic);
             let done = tokio::time::timeout(COMMAND_TIMEOUT, self.redis.subscriber.subscribe(name)).await;
             if !matches!(done, Ok(Ok(()))) {
@@ -187,6 +216,7 @@ impl Bus for RedisBus {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(topic);
         if removed {
+            METRICS.bus_subscribed_topics.dec();
             let name = channel(&self.redis.prefix, topic);
             let done = tokio::time::timeout(COMMAND_TIMEOUT, self.redis.subscriber.unsubscribe(name)).await;
             if !matches!(done, Ok(Ok(()))) {

@@ -285,6 +285,13 @@ pub struct Options {
     #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", value_name = "FORMAT")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+
+    /// OTLP/HTTP collector to export traces to, e.g. http://127.0.0.1:4318; tracing is on
+    /// exactly when set (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and OTEL_TRACES_SAMPLER[_ARG]
+    /// are honoured) [default: unset, no tracing]
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Accepts a string or a number in the TOML file (`max-outbound-queue = 1024`).

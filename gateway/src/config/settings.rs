@@ -183,6 +183,8 @@ pub struct Config {
     pub dev: Option<DevCredentials>,
     /// Log format.
     pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint traces are exported to; `None`: tracing is off.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `--listen` default.

@@ -204,6 +204,11 @@ impl Config {
                 .transpose()?,
             dev,
             log_format,
+            otlp_endpoint: match o.otlp_endpoint.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(url) if url.starts_with("http://") => Some(url.to_owned()),
+                Some(_) => return Err(invalid("otlp-endpoint", "expected an http:// URL (OTLP over HTTP)")),
+            },
         })
     }
 }

@@ -141,8 +141,9 @@ async fn heartbeat(presence: Arc<dyn Presence>, every: Duration, shutdown: Cance
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        if let Err(e) = presence.heartbeat().await {
-            tracing::warn!(error = %e, "presence heartbeat failed");
+        match presence.heartbeat().await {
+            Ok(_) => METRICS.heartbeat_done(),
+            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
     }
 }
@@ -158,6 +159,7 @@ async fn reaper(presence: Arc<dyn Presence>, outbox: Outbox, every: Duration, sh
         let pass = async {
             match presence.claim_dead().await {
                 Ok(claims) => {
+                    METRICS.presence_reaped_nodes.inc_by(claims.len() as u64);
                     for claim in claims {
                         reap(presence.as_ref(), &claim, &outbox).await;
                     }
@@ -165,6 +167,9 @@ async fn reaper(presence: Arc<dyn Presence>, outbox: Outbox, every: Duration, sh
                 Err(e) => tracing::warn!(error = %e, "dead nodes not claimed"),
             }
             sweep(presence.as_ref(), &outbox).await;
+            if let Ok(stats) = presence.stats().await {
+                METRICS.presence_nodes.set(stats.nodes.len() as i64);
+            }
         };
         // A claim abandoned here is taken over by another node once its lease runs out.
         tokio::select! {

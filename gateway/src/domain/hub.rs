@@ -13,6 +13,8 @@
 
 use super::order::{Admitted, SeqOrder, seq_of};
 use crate::bus::Bus;
+use crate::metrics::{METRICS, Protocol};
+use prometheus::{IntCounter, IntGauge};
 use shared::event::Message;
 use shared::{ConnId, ConversationId, Delivery, Event, Topic, UserId};
 use std::any::Any;
@@ -43,12 +45,58 @@ pub trait Connection: Any + Send + Sync {
 
 /// Renders events for a group of connections and writes them.
 pub trait Outlet: Send + Sync {
+    /// The protocol and namespace its connections are counted under (metric labels).
+    fn labels(&self) -> (Protocol, &str);
     /// Writes `delivery` to `to`, all of this outlet: rendered once.
-    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]);
+    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]) -> Written;
     /// A message in a conversation `to`'s user channel watches, with each user's unread count.
-    fn push_watched(&self, message: &Message, to: &[(&dyn Connection, i64)]) {
+    fn push_watched(&self, message: &Message, to: &[(&dyn Connection, i64)]) -> Written {
         let _ = (message, to);
+        Written::default()
     }
+}
+
+/// What an outlet wrote: frames (one per recipient socket) and their bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    /// Frames handed to sockets.
+    pub frames: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Written {
+    /// `frames` copies of one frame of `bytes` bytes.
+    pub fn copies(frames: usize, bytes: usize) -> Self {
+        Self {
+            frames: frames as u64,
+            bytes: (frames * bytes) as u64,
+        }
+    }
+
+    /// Counts it: one atomic add per outlet push, not per recipient.
+    fn count(self) {
+        if self.frames > 0 {
+            OUTBOUND.0.inc_by(self.frames);
+            OUTBOUND.1.inc_by(self.bytes);
+        }
+    }
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Self) {
+        self.frames += other.frames;
+        self.bytes += other.bytes;
+    }
+}
+
+static OUTBOUND: std::sync::LazyLock<(IntCounter, IntCounter)> =
+    std::sync::LazyLock::new(|| (METRICS.outbound_frames.clone(), METRICS.outbound_bytes.clone()));
+
+/// A registered outlet and the gauge of its open connections.
+struct Registered {
+    open: IntGauge,
+    connects: IntCounter,
 }
 
 /// A local connection as the domain knows it: its key here and its cluster-wide id.
@@ -140,6 +188,7 @@ pub struct Delivered {
 pub struct Hub {
     bus: Arc<dyn Bus>,
     outlets: RwLock<Vec<Arc<dyn Outlet>>>,
+    gauges: RwLock<Vec<Registered>>,
     conns: Mutex<HashMap<ConnKey, Record>>,
     topics: RwLock<HashMap<Topic, Arc<Mutex<Entry>>>>,
     /// Per topic, what the bus was last told (subscribed or not), behind a lock per topic.
@@ -157,6 +206,7 @@ impl Hub {
         Self {
             bus,
             outlets: RwLock::default(),
+            gauges: RwLock::default(),
             conns: Mutex::default(),
             topics: RwLock::default(),
             wire: Mutex::default(),
@@ -166,9 +216,26 @@ impl Hub {
 
     /// Registers a renderer; connections name it by the index returned.
     pub fn add_outlet(&self, outlet: Arc<dyn Outlet>) -> usize {
+        let (protocol, namespace) = outlet.labels();
+        let registered = Registered {
+            open: METRICS.connections.with_label_values(&[protocol.label(), namespace]),
+            connects: METRICS.connects[protocol.index()].clone(),
+        };
+        self.gauges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(registered);
         let mut outlets = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
         outlets.push(outlet);
         outlets.len() - 1
+    }
+
+    /// Runs `f` on the gauges of a connection's outlet.
+    fn counted(&self, conn: &dyn Connection, f: impl FnOnce(&Registered)) {
+        let gauges = self.gauges.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = gauges.get(conn.outlet()) {
+            f(r);
+        }
     }
 
     /// A fresh key for a connection about to be attached.
@@ -181,7 +248,11 @@ impl Hub {
 
     /// Files a connection: from now on it hears broadcasts to everyone.
     pub fn attach(&self, local: &Local, conn: Arc<dyn Connection>) {
-        lock(&self.conns).insert(
+        self.counted(conn.as_ref(), |r| {
+            r.open.inc();
+            r.connects.inc();
+        });
+        let replaced = lock(&self.conns).insert(
             local.key,
             Record {
                 conn,
@@ -189,6 +260,9 @@ impl Hub {
                 watching: Vec::new(),
             },
         );
+        if let Some(old) = replaced {
+            self.counted(old.conn.as_ref(), |r| r.open.dec());
+        }
     }
 
     /// Unfiles a connection everywhere; returns the topics it was the last local member of.
@@ -196,6 +270,7 @@ impl Hub {
         let Some(record) = lock(&self.conns).remove(&key) else {
             return Vec::new();
         };
+        self.counted(record.conn.as_ref(), |r| r.open.dec());
         let mut emptied = Vec::new();
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
         let watched = record.watching.into_iter().map(Topic::Conversation);
@@ -281,11 +356,13 @@ impl Hub {
         let Some(outlet) = outlets.get(member.conn.outlet()) else {
             return;
         };
+        let mut written = Written::default();
         for d in waiting {
             if seq_of(&d).is_none_or(|seq| after.is_none_or(|a| seq > a)) {
-                outlet.push(&d, &[member.conn.as_ref()]);
+                written += outlet.push(&d, &[member.conn.as_ref()]);
             }
         }
+        written.count();
     }
 
     /// Takes a connection out of a topic; true when it was the topic's last local member.
@@ -492,7 +569,7 @@ impl Hub {
                 .map(|(c, unread)| (c.as_ref(), *unread))
                 .collect();
             if !group.is_empty() {
-                outlet.push_watched(message, &group);
+                outlet.push_watched(message, &group).count();
             }
         }
     }
@@ -566,9 +643,65 @@ fn push_grouped<'a>(outlets: &[Arc<dyn Outlet>], d: &Delivery, conns: impl Itera
             group.push(c);
         }
     }
+    let mut written = Written::default();
     for (outlet, group) in outlets.iter().zip(&groups) {
         if !group.is_empty() {
-            outlet.push(d, group);
+            written += outlet.push(d, group);
         }
+    }
+    written.count();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Inlet, MemoryBus};
+    use shared::event::UserRef;
+
+    struct Plain;
+
+    impl Outlet for Plain {
+        fn labels(&self) -> (Protocol, &str) {
+            (Protocol::Phoenix, "/hub-test")
+        }
+        fn push(&self, _: &Delivery, to: &[&dyn Connection]) -> Written {
+            Written::copies(to.len(), 10)
+        }
+    }
+
+    struct Sock;
+
+    impl Connection for Sock {
+        fn outlet(&self) -> usize {
+            0
+        }
+        fn user(&self) -> Option<&UserId> {
+            None
+        }
+        fn kick(&self) {}
+        fn shed(&self) {}
+        fn removed(&self, _: &ConversationId) {}
+    }
+
+    #[test]
+    fn connections_are_counted_by_outlet_and_frames_once_per_rendering() {
+        let hub = Hub::new(Arc::new(MemoryBus::new(Arc::new(Inlet::default()))));
+        assert_eq!(hub.add_outlet(Arc::new(Plain)), 0);
+        let open = METRICS.connections.with_label_values(&["phoenix", "/hub-test"]);
+        let (a, b) = (hub.local(ConnId("a".into())), hub.local(ConnId("b".into())));
+        hub.attach(&a, Arc::new(Sock));
+        hub.attach(&b, Arc::new(Sock));
+        assert_eq!(open.get(), 2);
+        let (frames, bytes) = (METRICS.outbound_frames.get(), METRICS.outbound_bytes.get());
+        let event = Event::Disconnect(UserRef { user_id: "u".into() });
+        hub.deliver(Arc::new(Delivery::to(Topic::All, event)));
+        // Other tests write frames concurrently: at least ours.
+        assert!(METRICS.outbound_frames.get() >= frames + 2);
+        assert!(METRICS.outbound_bytes.get() >= bytes + 20);
+        hub.detach(a.key);
+        hub.detach(a.key);
+        assert_eq!(open.get(), 1, "a connection detached twice counts once");
+        hub.detach(b.key);
+        assert_eq!(open.get(), 0);
     }
 }

@@ -17,7 +17,7 @@ mod typing;
 pub use access::{Access, Memberships};
 pub use connections::{Joined, Live, MAX_MISSED};
 pub use error::DomainError;
-pub use hub::{ConnKey, Connection, Local, Outlet};
+pub use hub::{ConnKey, Connection, Local, Outlet, Written};
 pub use messages::{HistoryRequest, MAX_ATTACHMENTS, SendRequest, Sent};
 pub use rate::RateLimiter;
 pub use typing::{TYPING_TIMEOUT, TypingTimers};

@@ -4,6 +4,7 @@
 
 mod caller;
 mod error;
+mod observe;
 
 pub use caller::Caller;
 pub use error::ApiError;
@@ -144,6 +145,7 @@ pub fn router(state: Arc<AppState>, socketio: Router, phoenix: Router, cors: &Co
         )
         .route("/api/conversations/{id}/messages", post(send_message).get(history))
         .route("/bams/{id}/messages", post(send_message).get(history))
+        .route_layer(middleware::from_fn(observe::observe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())

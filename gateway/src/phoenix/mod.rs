@@ -17,8 +17,8 @@ mod worker;
 
 use crate::auth::{Identity, JwtSettings};
 use crate::config::{Config, RateLimit};
-use crate::domain::{Connection, Domain, Local, Outlet, RateLimiter};
-use crate::metrics::METRICS;
+use crate::domain::{Connection, Domain, Local, Outlet, RateLimiter, Written};
+use crate::metrics::{METRICS, Protocol};
 use crate::runtime::{self, Inbox, Reading as InboxReading};
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -207,7 +207,11 @@ impl PhoenixAdapter {
 struct PhoenixOutlet;
 
 impl Outlet for PhoenixOutlet {
-    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]) {
+    fn labels(&self) -> (Protocol, &str) {
+        (Protocol::Phoenix, "/socket")
+    }
+
+    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]) -> Written {
         let direct_on = match &delivery.topic {
             Topic::Conversation(c) => Channel::Conversation(c.clone()),
             _ => Channel::OwnUser,
@@ -218,7 +222,7 @@ impl Outlet for PhoenixOutlet {
             payload,
         }) = render::render(&delivery.event, direct_on)
         else {
-            return;
+            return Written::default();
         };
         let audience = to.iter().filter_map(|c| handle(*c));
         let encode = |topic: &str| {
@@ -229,11 +233,18 @@ impl Outlet for PhoenixOutlet {
         };
         if let (Channel::Conversation(c), Topic::Conversation(_)) = (&channel, &delivery.topic) {
             // The hot path: the audience is the topic's sockets, one frame serves them all.
-            if let Some(frame) = encode(&conversation_topic(c)) {
-                audience.for_each(|s| s.send(frame.clone()));
+            let Some(frame) = encode(&conversation_topic(c)) else {
+                return Written::default();
+            };
+            let bytes = frame.frame().len();
+            let mut frames = 0;
+            for s in audience {
+                s.send(frame.clone());
+                frames += 1;
             }
-            return;
+            return Written::copies(frames, bytes);
         }
+        let mut written = Written::default();
         // Otherwise encoded once per topic (each user's own channel differs).
         let mut frames: HashMap<String, Option<Packet>> = HashMap::new();
         for s in audience {
@@ -249,14 +260,17 @@ impl Outlet for PhoenixOutlet {
             };
             let frame = frames.entry(topic).or_insert_with_key(|topic| encode(topic)).clone();
             if let Some(frame) = frame {
+                written += Written::copies(1, frame.frame().len());
                 s.send(frame);
             }
         }
+        written
     }
 
     /// `conversation_updated` with the user's unread count on each watching `user:{id}`
     /// channel, and `new_message` too where the socket has not joined that conversation.
-    fn push_watched(&self, message: &ChatMessage, to: &[(&dyn Connection, i64)]) {
+    fn push_watched(&self, message: &ChatMessage, to: &[(&dyn Connection, i64)]) -> Written {
+        let mut written = Written::default();
         let conversation = conversation_topic(&message.conversation_id);
         for (s, unread_count) in to.iter().filter_map(|(c, n)| handle(*c).map(|h| (h, *n))) {
             let own = user_topic(&s.user);
@@ -266,7 +280,10 @@ impl Outlet for PhoenixOutlet {
             let phx = render::PhxMessage::from(message);
             if !s.is_joined(&conversation) {
                 match codec::encode(None, None, &own, "new_message", &phx) {
-                    Ok(frame) => s.send(Packet::new(frame.as_bytes())),
+                    Ok(frame) => {
+                        written += Written::copies(1, frame.len());
+                        s.send(Packet::new(frame.as_bytes()));
+                    }
                     Err(e) => tracing::warn!(error = %e, "frame not encoded"),
                 }
             }
@@ -276,10 +293,14 @@ impl Outlet for PhoenixOutlet {
                 unread_count,
             };
             match codec::encode(None, None, &own, "conversation_updated", &update) {
-                Ok(frame) => s.send(Packet::new(frame.as_bytes())),
+                Ok(frame) => {
+                    written += Written::copies(1, frame.len());
+                    s.send(Packet::new(frame.as_bytes()));
+                }
                 Err(e) => tracing::warn!(error = %e, "frame not encoded"),
             }
         }
+        written
     }
 }
 
@@ -323,14 +344,19 @@ async fn upgrade(
     };
     // Only the V2 serializer is spoken; Phoenix treats a missing vsn as V1.
     if !params.get("vsn").is_some_and(|v| v.starts_with("2.")) {
+        METRICS.auth_failed(Protocol::Phoenix, "bad_version");
         return forbidden("vsn is not 2.x");
     }
     let Some(token) = token(&params, request.headers()) else {
+        METRICS.auth_failed(Protocol::Phoenix, "missing_token");
         return forbidden("no token");
     };
     let who = match adapter.settings.jwt.verify(&token) {
         Ok(who) => who,
-        Err(e) => return forbidden(&e.to_string()),
+        Err(e) => {
+            METRICS.token_refused(Protocol::Phoenix, &e);
+            return forbidden(&e.to_string());
+        }
     };
     let id = adapter.next_id.fetch_add(1, Ordering::Relaxed);
     let conn = ConnId(format!("{}:phx:{id}", adapter.settings.node_id));
@@ -360,12 +386,12 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: Arc<WebSocket>, reading: Read
     adapter.domain.attach(&handle.local, handle.clone());
     if let Err(e) = adapter.domain.connect(&handle.local, &who).await {
         tracing::warn!(error = %e, "socket not registered");
+        METRICS.auth_failed(Protocol::Phoenix, e.code().as_str());
         adapter.domain.detach(&handle.local).await;
         socket.close_with(DisconnectReason::ServerClose, TRY_AGAIN_LATER, "unavailable", false);
         reading.run(|_| {}).await;
         return;
     }
-    METRICS.phoenix_connections.inc();
     handle
         .inbox
         .set_worker(worker::Worker::new(adapter.clone(), handle.clone(), who));
@@ -375,7 +401,6 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: Arc<WebSocket>, reading: Read
     if let Some(worker) = handle.inbox.stop().await {
         worker.finish().await;
     }
-    METRICS.phoenix_connections.dec();
     tracing::debug!(reason = reason.label(), "socket closed");
 }
 

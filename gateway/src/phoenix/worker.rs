@@ -9,7 +9,7 @@ use crate::auth::Identity;
 use crate::commands::{Caller, Command, Outcome, Verb, execute};
 use crate::domain::{DomainError, Live};
 use crate::inbound;
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, Protocol};
 use crate::runtime;
 use engineio::{DisconnectReason, Packet};
 use serde::Serialize;
@@ -221,6 +221,12 @@ impl Worker {
                 self.send(codec::reply(&frame, "ok", Empty {}));
             }
             route @ (Route::Join { .. } | Route::Push(_)) => {
+                let started = std::time::Instant::now();
+                let verb = match &route {
+                    Route::Push(TopicKind::User(_)) => lookup(USER_EVENTS, &frame.event).ok(),
+                    Route::Push(TopicKind::Conversation(_)) => lookup(CONVERSATION_EVENTS, &frame.event).ok(),
+                    _ => Some(Verb::Join),
+                };
                 let result = if !allowed {
                     Err(DomainError::RateLimited)
                 } else {
@@ -232,6 +238,7 @@ impl Worker {
                     self.after_join(&frame).instrument(span).await;
                 }
                 self.live = None;
+                runtime::record(Protocol::Phoenix, verb, started);
             }
         }
     }

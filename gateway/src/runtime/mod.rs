@@ -8,11 +8,15 @@ pub mod inbox;
 
 pub use inbox::{Inbox, Reading, Worker};
 
+use crate::commands::Verb;
 use crate::domain::DomainError;
+use crate::metrics::{METRICS, Protocol};
 use futures::FutureExt;
+use prometheus::{Histogram, IntCounter};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// How many batches a drain closes a node's connections in.
@@ -24,6 +28,7 @@ pub async fn guarded<T>(
     command: impl Future<Output = Result<T, DomainError>>,
     span: &tracing::Span,
 ) -> Result<T, DomainError> {
+    crate::telemetry::new_trace(span);
     AssertUnwindSafe(command)
         .catch_unwind()
         .instrument(span.clone())
@@ -32,6 +37,56 @@ pub async fn guarded<T>(
             tracing::error!(parent: span, "command handler panicked");
             Err(DomainError::Internal)
         })
+}
+
+/// An event's children: its count per protocol and its handling time.
+struct EventCells {
+    count: [IntCounter; 2],
+    seconds: Histogram,
+}
+
+/// One row per verb in [`Verb::ALL`] order, then `other` (names no verb maps, Socket.IO's
+/// registration): resolved once,
+/// so an event costs two atomic updates, not a label lookup.
+static EVENTS: LazyLock<Vec<EventCells>> = LazyLock::new(|| {
+    let labels = Verb::ALL.iter().map(|v| snake(&format!("{v:?}")));
+    labels
+        .chain(std::iter::once("other".to_owned()))
+        .map(|event| EventCells {
+            count: Protocol::ALL.map(|p| METRICS.inbound_events.with_label_values(&[p.label(), &event])),
+            seconds: METRICS.event_duration.with_label_values(&[&event]),
+        })
+        .collect()
+});
+
+fn snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Creates every event's series at 0, so that the first events after start-up show in a
+/// `rate()` (a series that appears with its first count has no increase).
+pub fn register_metrics() {
+    LazyLock::force(&EVENTS);
+}
+
+/// Counts one inbound event of `protocol` and times its handling since `started` (`verb`:
+/// what the protocol's name table mapped it to). Failures are counted where each adapter
+/// renders them.
+pub fn record(protocol: Protocol, verb: Option<Verb>, started: Instant) {
+    let row = verb
+        .and_then(|v| Verb::ALL.iter().position(|x| *x == v))
+        .unwrap_or(Verb::ALL.len());
+    if let Some(cells) = EVENTS.get(row) {
+        cells.count[protocol.index()].inc();
+        cells.seconds.observe(started.elapsed().as_secs_f64());
+    }
 }
 
 /// Closes `connections` in batches spread over `window`, so that clients reconnect elsewhere

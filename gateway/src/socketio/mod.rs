@@ -17,8 +17,8 @@ pub use profile::{Profile, profile};
 
 use crate::auth::{Identity, JwtSettings};
 use crate::config::{Config, RateLimit};
-use crate::domain::{ConnKey, Connection, Domain, Local, Outlet, RateLimiter};
-use crate::metrics::METRICS;
+use crate::domain::{ConnKey, Connection, Domain, Local, Outlet, RateLimiter, Written};
+use crate::metrics::{METRICS, Protocol};
 use crate::runtime::{self, Inbox, Reading as InboxReading};
 use axum::Router;
 use engineio::{Config as EngineSettings, DisconnectReason, Engine, Handler, Session};
@@ -100,17 +100,22 @@ struct Namespace {
 }
 
 impl Outlet for Namespace {
-    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]) {
+    fn labels(&self) -> (Protocol, &str) {
+        (Protocol::SocketIo, &self.name)
+    }
+
+    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]) -> Written {
         let Some((name, payload)) = self.profile.render(&delivery.event) else {
-            return;
+            return Written::default();
         };
         let encoded = match packet::event(&self.name, name, &payload) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(ns = %self.name, event = name, error = %e, "event not rendered");
-                return;
+                return Written::default();
             }
         };
+        let written = Written::copies(to.len(), encoded.frame().len());
         let sessions = to
             .iter()
             .filter_map(|c| (*c as &dyn std::any::Any).downcast_ref::<SioSocket>())
@@ -122,6 +127,7 @@ impl Outlet for Namespace {
             sessions.for_each(|s| s.send(encoded.clone()));
         }
         self.pressure.record(started.elapsed());
+        written
     }
 }
 
@@ -299,12 +305,14 @@ impl SocketIoAdapter {
             Some(token) => match self.ctx.jwt.verify(&token) {
                 Ok(who) => Some(who),
                 Err(e) => {
+                    METRICS.token_refused(Protocol::SocketIo, &e);
                     session.send(packet::connect_error(&ns_name, &format!("unauthorized: {e}")));
                     return;
                 }
             },
             None if self.ctx.allow_register => None,
             None => {
+                METRICS.auth_failed(Protocol::SocketIo, "missing_token");
                 session.send(packet::connect_error(&ns_name, "unauthorized: missing token"));
                 return;
             }
@@ -332,6 +340,7 @@ impl SocketIoAdapter {
         domain.attach(&socket.conn.local, socket.clone());
         if let Some(who) = identity {
             if let Err(e) = domain.connect(&socket.conn.local, &who).await {
+                METRICS.auth_failed(Protocol::SocketIo, e.code().as_str());
                 domain.detach(&socket.conn.local).await;
                 session.send(packet::connect_error(&ns_name, &format!("{}: {e}", e.code().as_str())));
                 return;
@@ -343,7 +352,6 @@ impl SocketIoAdapter {
             sockets.live.push(socket.clone());
             sockets.ever = true;
         }
-        METRICS.connections.inc();
         tracing::debug!(conn = %socket.conn.local.id, "connected");
         // A session that ended meanwhile is finished by its worker's last words, which run
         // after this input and take the socket out.
@@ -358,7 +366,6 @@ impl SocketIoAdapter {
         }
         let key = socket.conn.local.key;
         socket.session.data.sockets().live.retain(|s| s.conn.local.key != key);
-        METRICS.connections.dec();
         METRICS.disconnects.with_label_values(&[reason.label()]).inc();
         tracing::debug!(conn = %socket.conn.local.id, ?reason, "disconnected");
         true

@@ -4,10 +4,10 @@
 //! `typing:stop` never overtakes its `typing:start`), a removal from a conversation after
 //! the join in flight — and answers each.
 
-use super::commands::{ErrorBody, Failure, INBOUND, Reply, Success};
+use super::commands::{ErrorBody, Failure, INBOUND, Inbound, Reply, Success};
 use super::{SioSession, SioSocket, SocketIoAdapter, packet};
 use crate::domain::{ConnKey, DomainError};
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, Protocol};
 use crate::runtime;
 use engineio::{DisconnectReason, Session};
 use serde_json::Value;
@@ -114,6 +114,7 @@ impl Worker {
     /// One event: rate limit, command, panic guard, reply.
     async fn event(&self, socket: &Arc<SioSocket>, ack: Option<i64>, name: &str, payload: Value) {
         let adapter = &self.adapter;
+        let started = std::time::Instant::now();
         let command = INBOUND.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
         let span = tracing::info_span!("sio_event", event = %name, conn = %socket.conn.local.id);
         let result = match (socket.conn.rate.allow(), command) {
@@ -129,6 +130,11 @@ impl Worker {
         };
         adapter.reply(socket, name, ack, result);
         drop(live);
+        let verb = match command {
+            Some(Inbound::Command(verb)) => Some(verb),
+            _ => None,
+        };
+        runtime::record(Protocol::SocketIo, verb, started);
     }
 
     /// The closed session's sockets leave the hub and presence.

@@ -13,6 +13,7 @@ use super::{
     Change, CirclePage, Claim, ClusterStats, ConnectionEntry, Disconnected, Lingered, NodeStats, Presence,
     PresenceError, ReapChunk, RosterEntry, UserPage, UserPresence,
 };
+use crate::metrics::METRICS;
 use crate::redis::{COMMAND_TIMEOUT, Redis};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -130,7 +131,9 @@ impl RedisPresence {
         let mut argv: Vec<&str> = Vec::with_capacity(args.len() + 1);
         argv.push(&self.redis.prefix);
         argv.extend_from_slice(args);
+        let seconds = METRICS.redis_duration.with_label_values(&[function]);
         for attempt in 0..2 {
+            let started = std::time::Instant::now();
             let called = tokio::time::timeout(
                 COMMAND_TIMEOUT,
                 self.redis
@@ -138,6 +141,7 @@ impl RedisPresence {
                     .fcall::<Value, _, _, _>(function, Vec::<String>::new(), argv.clone()),
             )
             .await;
+            seconds.observe(started.elapsed().as_secs_f64());
             match called {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if attempt == 0 && e.details().contains("Function not found") => self.load().await?,

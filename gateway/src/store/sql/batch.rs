@@ -143,7 +143,15 @@ impl SqlStore {
         };
         while let Some(batch) = self.batches.take() {
             let news: Vec<&NewMessage> = batch.iter().map(|p| &p.new).collect();
-            match self.append_batch(&news).await {
+            let started = std::time::Instant::now();
+            let stored = self.append_batch(&news).await;
+            let result = if stored.is_ok() { "ok" } else { "unavailable" };
+            // Once per batch: a label lookup here is shared by the batch's messages.
+            METRICS
+                .store_duration
+                .with_label_values(&["append_batch", result])
+                .observe(started.elapsed().as_secs_f64());
+            match stored {
                 Ok(answers) => {
                     for (pending, answer) in batch.into_iter().zip(answers) {
                         // The sender may have gone; its message is stored all the same.
@@ -172,6 +180,7 @@ impl SqlStore {
     ) -> Result<Vec<Result<Appended, StoreError>>, String> {
         METRICS.append_batches.inc();
         METRICS.appends_batched.inc_by(batch.len() as u64);
+        METRICS.store_batch_size.observe(batch.len() as f64);
         // JSON cannot carry a NUL into the batch statements (PostgreSQL's jsonb refuses it,
         // SQLite's json_extract stops at it): such a message is stored (SQLite) or refused
         // (PostgreSQL) on its own, as any message was before batches.
