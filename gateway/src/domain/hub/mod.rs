@@ -11,13 +11,16 @@
 //! has a local member, and [`Hub::sync`] puts the bus in line with the members after each
 //! change, one topic at a time, so a join racing the last leave never leaves the node deaf.
 
+mod contract;
+
+pub use contract::{Connection, Gone, Local, Outlet, Refused, Written};
+
 use super::order::{Admitted, SeqOrder, seq_of};
 use crate::bus::Bus;
-use crate::metrics::{METRICS, Protocol};
+use crate::metrics::METRICS;
 use prometheus::{IntCounter, IntGauge};
 use shared::event::Message;
 use shared::{ConnId, ConversationId, Delivery, Event, Topic, UserId};
-use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -28,104 +31,10 @@ pub type ConnKey = u64;
 /// Most events kept for a socket whose join is being answered; past it the socket is shed.
 pub const MAX_PENDING: usize = 1024;
 
-/// A local socket, as the hub sees it. Adapters implement it; what it does is theirs.
-pub trait Connection: Any + Send + Sync {
-    /// The outlet that renders for it ([`Hub::add_outlet`]).
-    fn outlet(&self) -> usize;
-    /// Its user, once known.
-    fn user(&self) -> Option<&UserId>;
-    /// Closes it from the server side (REST disconnect): the client does not reconnect.
-    fn kick(&self);
-    /// Closes it as a slow consumer: the client reconnects and recovers with `lastSeq`.
-    fn shed(&self);
-    /// Its user was removed from `conversation`: leave it, after the commands already queued
-    /// on the connection (a join in flight must not win over the removal).
-    fn removed(&self, conversation: &ConversationId);
-}
-
-/// Renders events for a group of connections and writes them.
-pub trait Outlet: Send + Sync {
-    /// The protocol and namespace its connections are counted under (metric labels).
-    fn labels(&self) -> (Protocol, &str);
-    /// Writes `delivery` to `to`, all of this outlet: rendered once.
-    fn push(&self, delivery: &Delivery, to: &[&dyn Connection]) -> Written;
-    /// A message in a conversation `to`'s user channel watches, with each user's unread count.
-    fn push_watched(&self, message: &Message, to: &[(&dyn Connection, i64)]) -> Written {
-        let _ = (message, to);
-        Written::default()
-    }
-}
-
-/// What an outlet wrote: frames (one per recipient socket) and their bytes.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Written {
-    /// Frames handed to sockets.
-    pub frames: u64,
-    /// Their bytes.
-    pub bytes: u64,
-}
-
-impl Written {
-    /// `frames` copies of one frame of `bytes` bytes.
-    pub fn copies(frames: usize, bytes: usize) -> Self {
-        Self {
-            frames: frames as u64,
-            bytes: (frames * bytes) as u64,
-        }
-    }
-
-    /// Counts it: one atomic add per outlet push, not per recipient.
-    fn count(self) {
-        if self.frames > 0 {
-            OUTBOUND.0.inc_by(self.frames);
-            OUTBOUND.1.inc_by(self.bytes);
-        }
-    }
-}
-
-impl std::ops::AddAssign for Written {
-    fn add_assign(&mut self, other: Self) {
-        self.frames += other.frames;
-        self.bytes += other.bytes;
-    }
-}
-
-static OUTBOUND: std::sync::LazyLock<(IntCounter, IntCounter)> =
-    std::sync::LazyLock::new(|| (METRICS.outbound_frames.clone(), METRICS.outbound_bytes.clone()));
-
 /// A registered outlet and the gauge of its open connections.
 struct Registered {
     open: IntGauge,
     connects: IntCounter,
-}
-
-/// A local connection as the domain knows it: its key here and its cluster-wide id.
-#[derive(Debug, Clone)]
-pub struct Local {
-    /// Key in the hub.
-    pub key: ConnKey,
-    /// Id in presence.
-    pub id: ConnId,
-}
-
-/// The connection is gone (closed while a command was in flight).
-#[derive(Debug, thiserror::Error)]
-#[error("connection closed")]
-pub struct Gone;
-
-/// Why [`Hub::join`] did not file a connection.
-#[derive(Debug)]
-pub enum Refused {
-    /// The connection is gone.
-    Gone,
-    /// The join's cap was reached.
-    Full,
-}
-
-impl From<Gone> for Refused {
-    fn from(_: Gone) -> Self {
-        Refused::Gone
-    }
 }
 
 /// What a member of a topic receives.
@@ -653,55 +562,4 @@ fn push_grouped<'a>(outlets: &[Arc<dyn Outlet>], d: &Delivery, conns: impl Itera
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bus::{Inlet, MemoryBus};
-    use shared::event::UserRef;
-
-    struct Plain;
-
-    impl Outlet for Plain {
-        fn labels(&self) -> (Protocol, &str) {
-            (Protocol::Phoenix, "/hub-test")
-        }
-        fn push(&self, _: &Delivery, to: &[&dyn Connection]) -> Written {
-            Written::copies(to.len(), 10)
-        }
-    }
-
-    struct Sock;
-
-    impl Connection for Sock {
-        fn outlet(&self) -> usize {
-            0
-        }
-        fn user(&self) -> Option<&UserId> {
-            None
-        }
-        fn kick(&self) {}
-        fn shed(&self) {}
-        fn removed(&self, _: &ConversationId) {}
-    }
-
-    #[test]
-    fn connections_are_counted_by_outlet_and_frames_once_per_rendering() {
-        let hub = Hub::new(Arc::new(MemoryBus::new(Arc::new(Inlet::default()))));
-        assert_eq!(hub.add_outlet(Arc::new(Plain)), 0);
-        let open = METRICS.connections.with_label_values(&["phoenix", "/hub-test"]);
-        let (a, b) = (hub.local(ConnId("a".into())), hub.local(ConnId("b".into())));
-        hub.attach(&a, Arc::new(Sock));
-        hub.attach(&b, Arc::new(Sock));
-        assert_eq!(open.get(), 2);
-        let (frames, bytes) = (METRICS.outbound_frames.get(), METRICS.outbound_bytes.get());
-        let event = Event::Disconnect(UserRef { user_id: "u".into() });
-        hub.deliver(Arc::new(Delivery::to(Topic::All, event)));
-        // Other tests write frames concurrently: at least ours.
-        assert!(METRICS.outbound_frames.get() >= frames + 2);
-        assert!(METRICS.outbound_bytes.get() >= bytes + 20);
-        hub.detach(a.key);
-        hub.detach(a.key);
-        assert_eq!(open.get(), 1, "a connection detached twice counts once");
-        hub.detach(b.key);
-        assert_eq!(open.get(), 0);
-    }
-}
+mod tests;
