@@ -13,6 +13,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use shared::Event;
+use shared::node::{ProtocolCounts, Totals};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{LazyLock, Mutex, PoisonError};
 
@@ -452,6 +453,41 @@ impl Metrics {
     pub fn observe_since_ms(histogram: &Histogram, ts_ms: i64) {
         let ms = chrono::Utc::now().timestamp_millis().saturating_sub(ts_ms).max(0);
         histogram.observe(ms as f64 / 1000.0);
+    }
+
+    /// The node's running totals and open connections, for its report to the cluster.
+    pub fn totals(&self) -> (ProtocolCounts, Totals) {
+        let families = self.connections.collect();
+        let open = |p: Protocol| -> u64 {
+            families
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .filter(|m| m.get_label().iter().any(|l| l.value() == p.label()))
+                .map(|m| m.get_gauge().get_value().max(0.0) as u64)
+                .sum()
+        };
+        let sum_vec = |v: &IntCounterVec| -> u64 {
+            v.collect()
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .map(|m| m.get_counter().get_value() as u64)
+                .sum()
+        };
+        let sum = |v: &[IntCounter]| v.iter().map(IntCounter::get).sum::<u64>();
+        let counts = ProtocolCounts {
+            socketio: open(Protocol::SocketIo),
+            phoenix: open(Protocol::Phoenix),
+        };
+        let totals = Totals {
+            connects: sum(&self.connects),
+            disconnects: sum_vec(&self.disconnects),
+            events_in: sum_vec(&self.inbound_events),
+            frames_out: self.outbound_frames.get(),
+            published: sum(&self.bus_published),
+            received: sum(&self.bus_received),
+            drops: self.outbound_dropped.get() + sum_vec(&self.bus_dropped),
+        };
+        (counts, totals)
     }
 
     /// The Prometheus text exposition of every metric.

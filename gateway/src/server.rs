@@ -2,7 +2,7 @@
 
 use crate::bus::{Bus, Inlet, LocalSink, MemoryBus, RedisBus};
 use crate::config::Config;
-use crate::domain::{Backends, Domain, Rules};
+use crate::domain::{Backends, Domain, Health, Rules};
 use crate::http::{self, AppState, Readiness, ReadinessCheck};
 use crate::metrics::METRICS;
 use crate::phoenix::PhoenixAdapter;
@@ -132,7 +132,12 @@ impl Node {
             api_key: config.auth.api_key.clone(),
             loopback_trusted: config.auth.loopback_trusted,
             readiness: Readiness::new(readiness_checks(redis.clone(), store.clone(), messages)),
+            dev: config.dev.is_some(),
+            console: config.console,
         });
+        state
+            .domain
+            .report_to_cluster(config.node_id.clone(), state.clone() as Arc<dyn Health>);
         let max_body = usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX);
         let router = http::router(
             state.clone(),
@@ -327,6 +332,10 @@ fn drain_window(grace: std::time::Duration) -> std::time::Duration {
 fn announce(addr: SocketAddr, config: &Config) {
     println!("Switchboard node {} listening on http://{addr}", config.node_id);
     let Some(dev) = &config.dev else { return };
+    if config.console {
+        // First thing a newcomer sees: where to chat, then where to watch.
+        println!("\n  Try it: open http://{addr}/demo in two browser tabs and chat.\n  Console: http://{addr}/console");
+    }
     let token = config
         .auth
         .jwt

@@ -82,12 +82,14 @@ pub enum Event {
     /// Connections joined or left a conversation, or changed status in it (one entry per
     /// connection: what per-device presence lists such as Phoenix.Presence are built from).
     RosterChanged(RosterDiff),
+    /// A node's periodic report about itself (to every node; no client hears it).
+    NodeReport(crate::node::NodeReport),
 }
 
 impl Event {
     /// Every event kind's wire name (the envelope's `kind`), in [`Event::kind_index`] order:
     /// a small fixed set, fit for metric labels.
-    pub const KINDS: [&'static str; 15] = [
+    pub const KINDS: [&'static str; 16] = [
         "member_joined",
         "member_left",
         "typing",
@@ -103,6 +105,7 @@ impl Event {
         "reaction_removed",
         "member_removed",
         "roster_changed",
+        "node_report",
     ];
 
     /// This event's position in [`Event::KINDS`].
@@ -123,6 +126,7 @@ impl Event {
             Event::ReactionRemoved(_) => 12,
             Event::MemberRemoved(_) => 13,
             Event::RosterChanged(_) => 14,
+            Event::NodeReport(_) => 15,
         }
     }
 

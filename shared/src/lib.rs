@@ -4,11 +4,13 @@
 //! - [`error`]: the error codes every protocol reports (PROTOCOL.md 2.2).
 //! - [`presence`]: user statuses.
 //! - [`event`]: domain events as they travel on the bus, with their payloads.
+//! - [`node`]: what a node reports about itself to the others.
 //! - [`phoenix`]: the Phoenix Channels V2 JSON frame (fuzzed by `fuzz/`).
 
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod node;
 pub mod phoenix;
 pub mod presence;
 

@@ -149,6 +149,11 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_allow_remote: Option<bool>,
 
+    /// Serve the built-in pages: the operator console at /console and the demo chat at /demo [default: true]
+    #[arg(long, global = true, env = "SWITCHBOARD_CONSOLE", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<bool>,
+
     /// This node's id in the cluster [default: hostname + random suffix]
     #[arg(long, global = true, env = "SWITCHBOARD_NODE_ID", value_name = "ID")]
     #[serde(default, skip_serializing_if = "Option::is_none")]

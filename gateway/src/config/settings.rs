@@ -181,6 +181,8 @@ pub struct Config {
     pub worker_threads: Option<usize>,
     /// Development mode (prints a token and a curl line at start).
     pub dev: Option<DevCredentials>,
+    /// Serve the operator console (/console) and the demo chat (/demo).
+    pub console: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// OTLP/HTTP endpoint traces are exported to; `None`: tracing is off.

@@ -203,6 +203,7 @@ impl Config {
                 })
                 .transpose()?,
             dev,
+            console: o.console.unwrap_or(true),
             log_format,
             otlp_endpoint: match o.otlp_endpoint.as_deref().map(str::trim) {
                 None | Some("") => None,

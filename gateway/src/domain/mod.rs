@@ -3,6 +3,7 @@
 //! the events it publishes on the bus.
 
 mod access;
+mod cluster;
 mod connections;
 mod conversations;
 mod departures;
@@ -15,6 +16,7 @@ mod receive;
 mod typing;
 
 pub use access::{Access, Memberships};
+pub use cluster::{Health, MAX_ROOMS_PAGE, NodeView, Nodes, PresencePage, REPORT_EVERY, Room, RoomPage};
 pub use connections::{Joined, Live, MAX_MISSED};
 pub use error::DomainError;
 pub use hub::{ConnKey, Connection, Local, Outlet, Written};
@@ -91,6 +93,7 @@ pub struct Domain {
     rules: Rules,
     user_rates: rate::UserBuckets,
     rest_rates: rate::UserBuckets,
+    reports: cluster::Reports,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -127,6 +130,7 @@ impl Domain {
             rules,
             user_rates: rate::UserBuckets::new(rules.limits.user_rate_limit),
             rest_rates: rate::UserBuckets::new(rules.limits.rest_rate_limit),
+            reports: cluster::Reports::default(),
             tasks,
             shutdown,
         };

@@ -44,6 +44,7 @@ impl LocalSink for Domain {
                     conn.removed(&removed.conversation_id);
                 }
             }
+            Event::NodeReport(report) => self.reports.record(report.clone()),
             _ => {
                 let delivered = self.hub.deliver(delivery);
                 self.after_delivery(delivered);

@@ -3,8 +3,10 @@
 //! be tested without a socket.
 
 mod caller;
+mod console;
 mod error;
 mod observe;
+mod pages;
 
 pub use caller::Caller;
 pub use error::ApiError;
@@ -87,6 +89,13 @@ impl Readiness {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::domain::Health for AppState {
+    async fn not_ready(&self) -> Option<&'static str> {
+        self.readiness.reason().await
+    }
+}
+
 /// What REST handlers share.
 pub struct AppState {
     /// The domain service.
@@ -99,6 +108,10 @@ pub struct AppState {
     pub loopback_trusted: bool,
     /// Readiness.
     pub readiness: Readiness,
+    /// `--dev`: `/api/dev/token` hands out user tokens.
+    pub dev: bool,
+    /// Serve the console and the demo chat.
+    pub console: bool,
 }
 
 /// JSON bodies whose rejections answer `{ error, code }`.
@@ -145,10 +158,12 @@ pub fn router(state: Arc<AppState>, socketio: Router, phoenix: Router, cors: &Co
         )
         .route("/api/conversations/{id}/messages", post(send_message).get(history))
         .route("/bams/{id}/messages", post(send_message).get(history))
+        .merge(console::routes())
         .route_layer(middleware::from_fn(observe::observe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
+        .merge(if state.console { pages::routes() } else { Router::new() })
         .merge(phoenix)
         .merge(socketio)
         .layer(DefaultBodyLimit::max(max_body))

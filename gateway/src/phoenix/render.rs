@@ -272,7 +272,7 @@ pub fn render(event: &Event, direct_on: Channel) -> Option<Rendered> {
                 push(direct_on, event, &serde_json::json!({ "data": data }))
             }
         }
-        Event::Disconnect(_) | Event::MemberRemoved(_) => None,
+        Event::Disconnect(_) | Event::MemberRemoved(_) | Event::NodeReport(_) => None,
     }
 }
 

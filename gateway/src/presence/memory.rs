@@ -1,8 +1,8 @@
 //! In-process presence of a single node.
 
 use super::{
-    Change, ClusterStats, ConnectionEntry, Disconnected, NodeStats, Presence, PresenceError, RosterEntry, UserPage,
-    UserPresence,
+    Change, ClusterStats, ConnectionEntry, ConversationPage, Disconnected, NodeStats, Presence, PresenceError,
+    RosterEntry, UserPage, UserPresence,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -343,6 +343,22 @@ impl Presence for MemoryPresence {
         Ok(UserPage {
             next_cursor: more.then(|| users.last().map(|u| u.0.clone())).flatten(),
             users: users.into_iter().cloned().collect(),
+        })
+    }
+
+    async fn active_conversations(&self, after: Option<&str>, limit: usize) -> Result<ConversationPage, PresenceError> {
+        let s = self.state();
+        let mut rooms: Vec<&ConversationId> = s
+            .rooms
+            .keys()
+            .filter(|id| after.is_none_or(|a| id.as_str() > a))
+            .collect();
+        rooms.sort_unstable();
+        let more = rooms.len() > limit;
+        rooms.truncate(limit);
+        Ok(ConversationPage {
+            next_cursor: more.then(|| rooms.last().map(|c| c.0.clone())).flatten(),
+            conversations: rooms.into_iter().cloned().collect(),
         })
     }
 

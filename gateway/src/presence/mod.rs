@@ -184,6 +184,16 @@ pub struct UserPage {
     pub next_cursor: Option<String>,
 }
 
+/// A page of conversations with a joined connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationPage {
+    /// Conversations with a connection joined on some node.
+    pub conversations: Vec<ConversationId>,
+    /// Pass as `cursor` to get the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
 /// Who is connected, where, and with which status.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
@@ -215,6 +225,10 @@ pub trait Presence: Send + Sync + 'static {
     async fn contacts(&self, user: &UserId) -> Result<Vec<UserId>, PresenceError>;
     /// Online, visible users with an id greater than `after`, at most `limit`.
     async fn online_users(&self, after: Option<&str>, limit: usize) -> Result<UserPage, PresenceError>;
+    /// Conversations with a connection joined on some node, a page at a time: `cursor` is
+    /// the opaque `next_cursor` of the page before; the order is the backend's.
+    async fn active_conversations(&self, cursor: Option<&str>, limit: usize)
+    -> Result<ConversationPage, PresenceError>;
     /// Visible users with a connection joined to the conversation.
     async fn conversation_online(&self, conversation: &ConversationId) -> Result<Vec<UserId>, PresenceError>;
     /// The visible connections joined to the conversation on every node, one entry per
@@ -306,7 +320,40 @@ pub(crate) mod tests {
         users_come_and_go_with_their_last_connection(p).await?;
         contacts_share_a_circle_and_invisible_users_hide(p).await?;
         rosters_list_each_joined_connection(p).await?;
+        active_conversations_are_paged(p).await?;
         stats_count_this_node(p).await
+    }
+
+    async fn active_conversations_are_paged(p: &dyn Presence) -> Result<(), PresenceError> {
+        p.connect(entry("ac1", "amy", &[])).await?;
+        for n in 0..25 {
+            p.join(&"ac1".into(), &format!("room-{n:02}").as_str().into(), at(1_000))
+                .await?;
+        }
+        let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+        for _ in 0..100 {
+            let page = p.active_conversations(cursor.as_deref(), 10).await?;
+            seen.extend(page.conversations);
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        let rooms: Vec<String> = seen
+            .into_iter()
+            .map(|c| c.0)
+            .filter(|c| c.starts_with("room-"))
+            .collect();
+        assert_eq!(rooms, (0..25).map(|n| format!("room-{n:02}")).collect::<Vec<_>>());
+        p.disconnect(&"ac1".into()).await?;
+        let left = p.active_conversations(None, 1000).await?;
+        assert!(
+            left.conversations.iter().all(|c| !c.0.starts_with("room-")),
+            "an emptied conversation is still listed: {left:?}"
+        );
+        Ok(())
     }
 
     async fn users_come_and_go_with_their_last_connection(p: &dyn Presence) -> Result<(), PresenceError> {

@@ -173,7 +173,9 @@ impl Profile {
             Event::MessageStatus(st) => (self.message_status, Payload::Status(st)),
             Event::ReactionAdded(r) => (self.reaction_added, Payload::Reaction(r)),
             Event::ReactionRemoved(r) => (self.reaction_removed, Payload::Reaction(r)),
-            Event::Disconnect(_) | Event::MemberRemoved(_) | Event::RosterChanged(_) => return None,
+            Event::Disconnect(_) | Event::MemberRemoved(_) | Event::RosterChanged(_) | Event::NodeReport(_) => {
+                return None;
+            }
         })
     }
 }

@@ -10,8 +10,8 @@ mod upkeep;
 mod values;
 
 use super::{
-    Change, CirclePage, Claim, ClusterStats, ConnectionEntry, Disconnected, Lingered, NodeStats, Presence,
-    PresenceError, ReapChunk, RosterEntry, UserPage, UserPresence,
+    Change, CirclePage, Claim, ClusterStats, ConnectionEntry, ConversationPage, Disconnected, Lingered, NodeStats,
+    Presence, PresenceError, ReapChunk, RosterEntry, UserPage, UserPresence,
 };
 use crate::metrics::METRICS;
 use crate::redis::{COMMAND_TIMEOUT, Redis};
@@ -354,6 +354,20 @@ impl Presence for RedisPresence {
         let next = v.next().map(|n| string(&n)).filter(|n| !n.is_empty());
         Ok(UserPage {
             users,
+            next_cursor: next,
+        })
+    }
+
+    async fn active_conversations(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ConversationPage, PresenceError> {
+        let limit = limit.to_string();
+        let mut v = items(self.call("sb_rooms_page", &[cursor.unwrap_or("0"), &limit]).await?).into_iter();
+        let next = v.next().map(|n| string(&n)).filter(|n| n != "0");
+        Ok(ConversationPage {
+            conversations: v.next().map(strings).unwrap_or_default(),
             next_cursor: next,
         })
     }

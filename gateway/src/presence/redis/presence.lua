@@ -536,6 +536,11 @@ redis.register_function('sb_sweep', function(_, args)
   return out
 end)
 
+-- ARGV: prefix, SSCAN cursor ('0' for the start), count → {next cursor ('0' at the end), {conversations...}}.
+redis.register_function('sb_rooms_page', function(_, args)
+  return redis.call('SSCAN', key(args[1], 'rooms'), args[2], 'COUNT', tonumber(args[3]))
+end)
+
 -- ARGV: prefix → {{node, connections, users, rooms, started_at}...}, online users, rooms.
 -- O(nodes): every count is the length of a per-node hash kept up to date by the changes.
 redis.register_function('sb_stats', function(_, args)
