@@ -120,8 +120,16 @@ test('demo on two nodes and both protocols, console on the cluster', { timeout: 
   for (const user of ['alice', 'bob']) await consolePage.waitForSelector(`#users tr[data-user="${user}"]`, { timeout: WAIT });
   const members = await text(consolePage, `#rooms tr[data-room="${room}"] td:nth-child(2)`);
   assert.equal(members, 'alice, bob');
-  // Rates come from two reports of each node: wait for a figure.
-  await consolePage.waitForFunction(() => [...document.querySelectorAll('#rates .rate b')].some((b) => b.textContent !== '–'), null, { timeout: WAIT });
+  // Rates come from two reports of a node: a broadcast from the console writes one frame to
+  // each page, which shows as frames out per second on the next report.
+  await consolePage.fill('#act-broadcast input[name=message]', 'hello everyone');
+  await consolePage.click('#act-broadcast button');
+  await alice.locator('.msg.notice', { hasText: 'hello everyone' }).waitFor({ timeout: WAIT });
+  await bob.locator('.msg.notice', { hasText: 'hello everyone' }).waitFor({ timeout: WAIT });
+  await consolePage.waitForFunction(() => {
+    const shown = document.querySelector('#rates [data-rate="framesOut"] b')?.textContent;
+    return shown && shown !== '–' && Number(shown) > 0;
+  }, null, { timeout: WAIT });
 
   // "Message a user" from the console arrives in bob's page (Phoenix, node B).
   await consolePage.fill('#act-message input[name=user]', 'bob');
