@@ -7,7 +7,7 @@
 //! N nodes that is N/2 small messages a second on every node, the price Centrifugo pays too
 //! for its node list.
 
-use super::{Domain, DomainError, MAX_USERS_PAGE};
+use super::{Domain, DomainError};
 use crate::metrics::METRICS;
 use crate::presence::{ConversationPage, NodeStats, UserPresence};
 use async_trait::async_trait;
@@ -25,8 +25,10 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 const STALE_AFTER: Duration = Duration::from_secs(6);
 /// A node not heard from for this long is forgotten (it left, or died and was reaped).
 const FORGET_AFTER: Duration = Duration::from_secs(60);
-/// Most conversations one overview lists, each with its online users.
+/// Most conversations one page lists, each with its online users (one presence read each).
 pub const MAX_ROOMS_PAGE: usize = 100;
+/// Most users one presence page lists (one presence read each).
+pub const MAX_PRESENCE_PAGE: usize = 200;
 
 /// Whether the node takes new work; the server's readiness answers it.
 #[async_trait]
@@ -160,7 +162,7 @@ impl Domain {
     pub async fn online_presence(&self, cursor: Option<&str>, limit: usize) -> Result<PresencePage, DomainError> {
         let page = self
             .presence
-            .online_users(cursor, limit.clamp(1, MAX_USERS_PAGE))
+            .online_users(cursor, limit.clamp(1, MAX_PRESENCE_PAGE))
             .await?;
         let lookups = page.users.iter().map(|u| self.presence.user(u));
         let users = futures::future::try_join_all(lookups).await?;
@@ -208,5 +210,68 @@ fn view(node_id: NodeId, presence: Option<NodeStats>, report: Option<(Duration, 
         report_age_ms: age.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
         report,
         healthy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::node::{ProtocolCounts, Totals};
+
+    fn report(not_ready: Option<&str>) -> NodeReport {
+        NodeReport {
+            node_id: "n1".into(),
+            version: "1.0.0".into(),
+            started_at: Utc::now(),
+            reported_at: Utc::now(),
+            not_ready: not_ready.map(str::to_owned),
+            connections: ProtocolCounts::default(),
+            totals: Totals::default(),
+        }
+    }
+
+    fn stats() -> NodeStats {
+        NodeStats {
+            node_id: "n1".into(),
+            connections: 0,
+            users: 0,
+            rooms: 0,
+            started_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn healthy_means_listed_fresh_and_ready() {
+        let fresh = Duration::from_secs(1);
+        let stale = STALE_AFTER + Duration::from_millis(1);
+        let cases = [
+            (Some(stats()), Some((fresh, report(None))), true),
+            (Some(stats()), Some((stale, report(None))), false),
+            (Some(stats()), Some((fresh, report(Some("draining")))), false),
+            (None, Some((fresh, report(None))), false),
+            (Some(stats()), None, false),
+        ];
+        for (presence, report, healthy) in cases {
+            let listed = presence.is_some();
+            let view = view("n1".into(), presence, report);
+            assert_eq!(view.healthy, healthy, "{view:?} (listed: {listed})");
+        }
+    }
+
+    #[test]
+    fn reports_keep_the_latest_per_node() {
+        let reports = Reports::default();
+        let mut first = report(None);
+        first.totals.connects = 1;
+        reports.record(first);
+        let mut second = report(None);
+        second.totals.connects = 2;
+        reports.record(second);
+        let mut other = report(None);
+        other.node_id = "n2".into();
+        reports.record(other);
+        let latest = reports.latest();
+        assert_eq!(latest.len(), 2);
+        assert_eq!(latest.get(&NodeId::from("n1")).map(|(_, r)| r.totals.connects), Some(2));
     }
 }

@@ -16,7 +16,9 @@ mod receive;
 mod typing;
 
 pub use access::{Access, Memberships};
-pub use cluster::{Health, MAX_ROOMS_PAGE, NodeView, Nodes, PresencePage, REPORT_EVERY, Room, RoomPage};
+pub use cluster::{
+    Health, MAX_PRESENCE_PAGE, MAX_ROOMS_PAGE, NodeView, Nodes, PresencePage, REPORT_EVERY, Room, RoomPage,
+};
 pub use connections::{Joined, Live, MAX_MISSED};
 pub use error::DomainError;
 pub use hub::{ConnKey, Connection, Local, Outlet, Written};

@@ -5,7 +5,7 @@
 use super::caller::Caller;
 use super::error::ApiError;
 use super::{ApiQuery, AppState};
-use crate::domain::{DomainError, MAX_USERS_PAGE};
+use crate::domain::{DomainError, MAX_PRESENCE_PAGE, MAX_ROOMS_PAGE};
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -80,7 +80,7 @@ async fn users_presence(
     caller.require_server()?;
     let page = state
         .domain
-        .online_presence(q.cursor.as_deref(), q.limit.unwrap_or(100).min(MAX_USERS_PAGE))
+        .online_presence(q.cursor.as_deref(), q.limit.unwrap_or(MAX_PRESENCE_PAGE))
         .await?;
     Ok(Json(page))
 }
@@ -93,7 +93,7 @@ async fn rooms(
     caller.require_server()?;
     let page = state
         .domain
-        .rooms(q.cursor.as_deref(), q.limit.unwrap_or(crate::domain::MAX_ROOMS_PAGE))
+        .rooms(q.cursor.as_deref(), q.limit.unwrap_or(MAX_ROOMS_PAGE))
         .await?;
     Ok(Json(page))
 }
