@@ -161,7 +161,8 @@
 
   /** Phoenix Channels: `conversation:{id}` and the user's own `user:{id}`. */
   function phoenix(token, conversation) {
-    const socket = new window.Phoenix.Socket("/socket", { params: { token } });
+    // authToken travels in the WebSocket subprotocol header, not in the URL (phoenix.js 1.8).
+    const socket = new window.Phoenix.Socket("/socket", { authToken: token });
     const toMessage = (m) => ({
       id: m.id, conversationId: m.conversation_id, senderId: m.sender_id, content: m.content,
       seq: m.seq, sentAt: m.sent_at, tempId: m.client_random,

@@ -177,7 +177,14 @@ pub fn router(state: Arc<AppState>, socketio: Router, phoenix: Router, cors: &Co
         }))
         .layer(tower::util::option_layer(cors_layer(cors)))
         // A 503 from /ready during an outage is expected: not an error for the logs.
-        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
+        .layer(
+            TraceLayer::new_for_http()
+                // The path only: a query string may carry a token (`?token=`), which never goes to logs.
+                .make_span_with(|request: &axum::extract::Request| {
+                    tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
+                })
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
 }
 
 /// While draining, new Socket.IO sessions and Phoenix sockets get 503 at the HTTP level, which clients treat as a

@@ -59,19 +59,21 @@ test('demo on two nodes and both protocols, console on the cluster', { timeout: 
   const { nodes } = await startCluster(2, {
     redis,
     t,
-    args: ['--jwt-secret', SECRET, '--api-key', API_KEY, '--access', 'open', '--database-url', db.url],
+    // Debug logs: even there no key or token may appear.
+    args: ['--jwt-secret', SECRET, '--api-key', API_KEY, '--access', 'open', '--database-url', db.url, '--log', 'debug'],
   });
   const [a, b] = nodes;
   const browser = await launch(t);
   const errors = [];
   const room = `lobby-${Date.now()}`;
 
+  const tokens = { alice: token({ sub: 'alice' }), bob: token({ sub: 'bob' }) };
   const alice = await open(browser, `${a.url}/demo?user=alice&conversation=${room}&protocol=socketio`, DESKTOP, errors);
-  await joinDemo(alice, token({ sub: 'alice' }));
+  await joinDemo(alice, tokens.alice);
   await alice.waitForFunction(() => document.querySelector('#connection').textContent.includes('Socket.IO'), null, { timeout: WAIT });
 
   const bob = await open(browser, `${b.url}/demo?user=bob&conversation=${room}&protocol=phoenix`, MOBILE, errors);
-  await joinDemo(bob, token({ sub: 'bob' }));
+  await joinDemo(bob, tokens.bob);
   await bob.waitForFunction(() => document.querySelector('#connection').textContent.includes('Phoenix'), null, { timeout: WAIT });
 
   // Presence: each sees the other in the conversation, across nodes and protocols.
@@ -150,6 +152,13 @@ test('demo on two nodes and both protocols, console on the cluster', { timeout: 
   await shot(consolePage, 'console-desktop');
   await shot(consoleMobile, 'console-mobile');
   assert.deepEqual(errors, [], 'no page logged an error');
+  for (const node of nodes) {
+    const logs = node.output();
+    assert.ok(logs.includes('DEBUG'), 'the nodes logged at debug level');
+    for (const secret of [API_KEY, tokens.alice, tokens.bob]) {
+      assert.ok(!logs.includes(secret), `node ${node.nodeId} logged a secret`);
+    }
+  }
 });
 
 test('--dev: the demo gets its token from the node, the console needs no sign-in on loopback', { timeout: 60_000 }, async (t) => {
