@@ -97,14 +97,15 @@ function openSocketIo(i) {
 
 const open = protocol === 'socketio' ? openSocketIo : openPhoenix;
 const sockets = [];
-for (let i = 0; i < count; i += 100) {
-  sockets.push(...(await Promise.all(Array.from({ length: Math.min(100, count - i) }, (_, j) => open(i + j)))));
-}
-// Phoenix sockets heartbeat as phoenix.js does; Socket.IO ones answer pings above.
+// Phoenix sockets heartbeat as phoenix.js does, from the first one opened (connecting 2,000 on
+// a loaded machine can outlast the node's idle timeout); Socket.IO ones answer pings above.
 let ref = 2;
 const beat = setInterval(() => {
   if (protocol === 'phoenix') for (const s of sockets) s.send(JSON.stringify([null, String(ref++), 'phoenix', 'heartbeat', {}]));
 }, 20_000);
+for (let i = 0; i < count; i += 100) {
+  sockets.push(...(await Promise.all(Array.from({ length: Math.min(100, count - i) }, (_, j) => open(i + j)))));
+}
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 await sleep(2000);
