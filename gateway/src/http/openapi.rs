@@ -11,7 +11,9 @@
 //!    handler can answer: its success body, then each error, as a reusable response
 //!    (`(status = 400, response = BadRequest)`, see below) or, to say why, as
 //!    `(status = 404, description = "…", body = ErrorBody)`. Read the handler and
-//!    `DomainError`'s mapping in `error.rs`; do not list what it cannot answer.
+//!    `DomainError`'s mapping in `error.rs`; do not list what it cannot answer. A page that is
+//!    not JSON says so: `(status = 200, body = String, content_type = "text/html")`, as
+//!    `/metrics` does with `text/plain`.
 //! 3. Add the handler to `paths(...)` of [`ApiDoc`]. A second path served by the same handler
 //!    goes in [`ALIASES`] instead; a route that needs no credentials goes in [`PUBLIC`].
 //! 4. Derive `utoipa::ToSchema` on the response types (they live beside the code that builds
@@ -22,7 +24,6 @@
 //! in [`Credentials`]: handlers do not list them. `gateway/tests/openapi.rs` fails while the
 //! router serves a path or a method that the description lacks, or the other way round.
 
-use super::error::ErrorBody as Error;
 use shared::MAX_ID_BYTES;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
@@ -97,8 +98,8 @@ pub fn spec() -> Document {
     ApiDoc::openapi()
 }
 
-/// This description.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "ops",
+/// The OpenAPI 3.1 description of every route (this document).
+#[utoipa::path(get, path = "/api/openapi.json", tag = "ops", operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI 3.1 description of every route", body = Object)))]
 pub(super) async fn serve() -> axum::Json<Document> {
     axum::Json(spec())
@@ -108,7 +109,7 @@ fn error_response(description: &str) -> ResponseBuilder {
     ResponseBuilder::new().description(description).content(
         "application/json",
         ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name(<Error as ToSchema>::name())))
+            .schema(Some(Ref::from_schema_name(<ErrorBody as ToSchema>::name())))
             .build(),
     )
 }
@@ -237,16 +238,23 @@ fn any() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(SchemaType::AnyValue)
 }
 
-/// The id rule (`shared::check_id`) as a pattern: at least one character that is not white
-/// space, no control character (surrounding white space is trimmed).
-const ID_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+/// The id rule (`shared::check_id`) as a pattern: white space (Rust's, which `str::trim`
+/// removes) around 1 to 256 characters that start and end with neither white space nor a
+/// control character and hold no control character. The rule counts bytes; JSON Schema counts
+/// characters, so the description says it.
+fn id_pattern() -> String {
+    const SPACE: &str = r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+    const EDGE: &str = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+    const INSIDE: &str = r"[^\x00-\x1f\x7f-\x9f]";
+    let inside = MAX_ID_BYTES - 2;
+    format!("^{SPACE}*{EDGE}(?:{INSIDE}{{0,{inside}}}{EDGE})?{SPACE}*$")
+}
 
 fn id_string() -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .min_length(Some(1))
-        .max_length(Some(MAX_ID_BYTES))
-        .pattern(Some(ID_PATTERN))
+        .pattern(Some(id_pattern()))
 }
 
 /// An id in a path: trimmed, 1 to 256 bytes, no control character.

@@ -19,7 +19,7 @@ pub(super) struct UsersQuery {
     /// The `nextCursor` of the previous page; the first page without it.
     cursor: Option<String>,
     /// Users per page; 1000 when absent, and at most 1000 (a larger limit asks for 1000).
-    #[param(minimum = 0, maximum = 4_294_967_295)]
+    #[param(minimum = 0, maximum = 4_294_967_295_u32)]
     limit: Option<u32>,
 }
 
