@@ -19,7 +19,8 @@ pub(super) struct UsersQuery {
     /// The `nextCursor` of the previous page; the first page without it.
     cursor: Option<String>,
     /// Users per page; 1000 when absent, and at most 1000 (a larger limit asks for 1000).
-    #[param(minimum = 0, maximum = 4_294_967_295_u32)]
+    // As i64: a u32 would be described `format: int32`, which tools read as at most 2^31 − 1.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_i64)]
     limit: Option<u32>,
 }
 
