@@ -3,7 +3,8 @@
 //!
 //! The router's paths are read from the `.route("…")` calls of `gateway/src/http/` (axum
 //! cannot list them); which methods each serves is asked of the real router (`oneshot`): a
-//! method it does not serve answers 405.
+//! method it does not serve answers 405. A route registered only under some configuration
+//! (`--dev`, say) needs that configuration in [`node`], or it answers `no such route` here.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
