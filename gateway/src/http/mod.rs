@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -106,10 +107,23 @@ pub struct AppState {
     pub readiness: Readiness,
 }
 
-/// JSON bodies whose rejections answer `{ error, code }`.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// JSON object bodies whose rejections answer `{ error, code }`. Only an object: serde would
+/// also fill a struct from an array of its fields in order (`[null, null]`).
 pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(body) = Json::<serde_json::Value>::from_request(request, state).await?;
+        if !body.is_object() {
+            return Err(DomainError::BadRequest("body must be a JSON object".into()).into());
+        }
+        serde_json::from_value(body)
+            .map(ApiJson)
+            .map_err(|e| DomainError::BadRequest(format!("Failed to deserialize the JSON body: {e}")).into())
+    }
+}
 
 /// Query strings whose rejections answer `{ error, code }`.
 #[derive(FromRequestParts)]
