@@ -23,11 +23,19 @@ pub fn id(field: &str, raw: &str) -> Result<String, DomainError> {
         .map_err(|e| bad(format!("{field} {e}")))
 }
 
-/// A scalar id: a string (by the id rule) or an integer.
+/// Largest magnitude below which every integral `f64` is an exact `i64` (2^63).
+const EXACT_I64: f64 = 9_223_372_036_854_775_808.0;
+
+/// A scalar id: a string (by the id rule) or an integer, also written `7.0` or `7e0` (the same
+/// JSON number as `7`, as some JSON encoders write it): the integer's decimal text.
 fn scalar_id(field: &str, v: &Value) -> Result<String, DomainError> {
     match v {
         Value::String(s) => id(field, s),
         Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < EXACT_I64 => Ok((f as i64).to_string()),
+            _ => Err(bad(format!("{field} must be a string or an integer"))),
+        },
         Value::Null => Err(bad(format!("{field} is required"))),
         _ => Err(bad(format!("{field} must be a string or an integer"))),
     }
@@ -295,6 +303,7 @@ mod tests {
         for v in [
             json!({"roomId": "7"}),
             json!({"conversationId": 7}),
+            json!({"conversationId": 7.0}),
             json!({"bamId": "7"}),
             json!(7),
             json!("7"),

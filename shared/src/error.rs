@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What went wrong, as a client sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// A missing or wrongly typed field.

@@ -137,7 +137,7 @@ impl Event {
 }
 
 /// A stored message: `{ id, conversationId, senderId, content, type, attachments, tempId, seq, sentAt }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     /// Unique id given by the gateway.

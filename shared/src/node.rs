@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// One node's report: its identity, health and running totals. Totals only grow (until the
 /// node restarts), so a reader turns two reports into rates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeReport {
     /// The node.
@@ -27,7 +27,7 @@ pub struct NodeReport {
 }
 
 /// A count per client protocol.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProtocolCounts {
     /// Socket.IO sessions (every namespace).
@@ -37,7 +37,7 @@ pub struct ProtocolCounts {
 }
 
 /// Running totals of one node's traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
     /// Connections opened.

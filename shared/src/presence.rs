@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 /// What a user shows to others. `Offline` while connected means invisible: others see the
 /// user offline in events, lists and presence queries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Connected and available (the status of every new connection).

@@ -59,7 +59,7 @@ impl Reports {
 }
 
 /// One node as operators see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeView {
     /// The node.
@@ -76,14 +76,14 @@ pub struct NodeView {
 }
 
 /// Every node of the cluster.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Nodes {
     /// Sorted by node id.
     pub nodes: Vec<NodeView>,
 }
 
 /// A page of online users with their presence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresencePage {
     /// Online, visible users, ordered by id.
@@ -93,7 +93,7 @@ pub struct PresencePage {
 }
 
 /// A conversation with a joined connection, and who is in it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Room {
     /// The conversation.
@@ -103,7 +103,7 @@ pub struct Room {
 }
 
 /// A page of conversations with a joined connection.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoomPage {
     /// Conversations and their online users, ordered by id within the page.

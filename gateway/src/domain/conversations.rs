@@ -9,7 +9,7 @@ use shared::event::Membership;
 use shared::{ConversationId, Delivery, Event, Topic, UserId};
 
 /// A conversation as a caller sees it, with their unread count.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationView {
     /// The conversation.

@@ -20,16 +20,20 @@ pub use cluster::{
     Health, MAX_PRESENCE_PAGE, MAX_ROOMS_PAGE, NodeView, Nodes, PresencePage, REPORT_EVERY, Room, RoomPage,
 };
 pub use connections::{Joined, Live, MAX_MISSED};
+pub use conversations::ConversationView;
 pub use error::DomainError;
 pub use hub::{ConnKey, Connection, Local, Outlet, Written};
 pub use messages::{HistoryRequest, MAX_ATTACHMENTS, SendRequest, Sent};
 pub use rate::RateLimiter;
 pub use typing::{TYPING_TIMEOUT, TypingTimers};
+// What the domain answers with, named here for the adapters (they import no backend module).
+pub use crate::presence::{ClusterStats, NodeStats, UserPage, UserPresence};
+pub use crate::store::{Conversation, HistoryPage};
 
 use crate::auth::Identity;
 use crate::bus::Bus;
 use crate::config::{AccessMode, Limits, RateLimit};
-use crate::presence::{ClusterStats, Presence, UserPage, UserPresence};
+use crate::presence::Presence;
 use crate::store::{ConversationStore, MessageStore};
 use chrono::{DateTime, Utc};
 use shared::event::{Direct, Notification, PresenceInfo, RosterDiff, RosterEntry, Typing, UserRef};

@@ -12,9 +12,13 @@ use shared::ErrorCode;
 #[derive(Debug)]
 pub struct ApiError(pub DomainError);
 
-#[derive(Serialize)]
-struct Body {
+/// `{ error, code }`: every REST failure's body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people; never internals.
     error: String,
+    /// What went wrong, for programs: one of the codes of PROTOCOL.md 2.2.
+    #[schema(value_type = ErrorCode)]
     code: &'static str,
 }
 
@@ -46,7 +50,7 @@ impl IntoResponse for ApiError {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let body = Body {
+        let body = ErrorBody {
             error: self.0.to_string(),
             code: code.as_str(),
         };

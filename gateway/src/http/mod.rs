@@ -1,30 +1,38 @@
 //! HTTP: the REST API of PROTOCOL.md section 4, health and readiness, and the Socket.IO
 //! endpoint, all on one port. The router is built separately from the server so routes can
 //! be tested without a socket.
+//!
+//! - [`ops`]: health, readiness, metrics, stats and presence;
+//! - [`users`]: messages, notifications and broadcasts to users, disconnects;
+//! - [`conversations`]: conversations, members, messages and history;
+//! - [`console`]: the operator routes behind the console (nodes, user presence, rooms, whoami, dev tokens);
+//! - [`pages`]: the console and demo pages, embedded;
+//! - [`openapi`]: the OpenAPI 3.1 description of every route, served at `/api/openapi.json`.
 
 mod caller;
 mod console;
+mod conversations;
 mod error;
 mod observe;
+pub mod openapi;
+mod ops;
 mod pages;
+mod users;
 
 pub use caller::Caller;
 pub use error::ApiError;
 
-use crate::auth::{Identity, JwtSettings};
+use crate::auth::JwtSettings;
 use crate::config::CorsOrigins;
-use crate::domain::{Domain, DomainError, HistoryRequest, MAX_USERS_PAGE, NotificationRequest};
-use crate::inbound;
-use crate::metrics::METRICS;
+use crate::domain::{Domain, DomainError};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use shared::{ConversationId, UserId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -114,10 +122,23 @@ pub struct AppState {
     pub console: bool,
 }
 
-/// JSON bodies whose rejections answer `{ error, code }`.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// JSON object bodies whose rejections answer `{ error, code }`. Only an object: serde would
+/// also fill a struct from an array of its fields in order (`[null, null]`).
 pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(body) = Json::<serde_json::Value>::from_request(request, state).await?;
+        if !body.is_object() {
+            return Err(DomainError::BadRequest("body must be a JSON object".into()).into());
+        }
+        serde_json::from_value(body)
+            .map(ApiJson)
+            .map_err(|e| DomainError::BadRequest(format!("Failed to deserialize the JSON body: {e}")).into())
+    }
+}
 
 /// Query strings whose rejections answer `{ error, code }`.
 #[derive(FromRequestParts)]
@@ -133,32 +154,43 @@ impl From<QueryRejection> for ApiError {
 /// The whole HTTP application: REST and Phoenix routes inside the Socket.IO layer, inside CORS.
 pub fn router(state: Arc<AppState>, socketio: Router, phoenix: Router, cors: &CorsOrigins, max_body: usize) -> Router {
     Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/api/users", get(list_users))
-        .route("/api/users/broadcast", post(broadcast_message))
-        .route("/api/users/{user_id}/message", post(message_user))
-        .route("/api/users/{user_id}/disconnect", post(disconnect_user))
-        .route("/api/stats", get(stats))
-        .route("/websocket/stats", get(stats))
-        .route("/api/presence/{user_id}", get(presence))
-        .route("/websocket/presence/{user_id}", get(presence))
-        .route("/api/conversations/{id}/online", get(online))
-        .route("/websocket/bam/{id}/online", get(online))
-        .route("/api/notify", post(notify))
-        .route("/websocket/notify", post(notify))
-        .route("/websocket/broadcast", post(broadcast_event))
-        .route("/api/conversations/{id}/emit", post(emit))
-        .route("/api/conversations", post(create_conversation))
-        .route("/api/conversations/{id}", get(get_conversation))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/openapi.json", get(openapi::serve))
+        .route("/api/users", get(users::list_users))
+        .route("/api/users/broadcast", post(users::broadcast_message))
+        .route("/api/users/{user_id}/message", post(users::message_user))
+        .route("/api/users/{user_id}/disconnect", post(users::disconnect_user))
+        .route("/api/stats", get(ops::stats))
+        .route("/websocket/stats", get(ops::stats))
+        .route("/api/presence/{user_id}", get(ops::presence))
+        .route("/websocket/presence/{user_id}", get(ops::presence))
+        .route("/api/conversations/{id}/online", get(conversations::online))
+        .route("/websocket/bam/{id}/online", get(conversations::online))
+        .route("/api/notify", post(users::notify))
+        .route("/websocket/notify", post(users::notify))
+        .route("/websocket/broadcast", post(users::broadcast_event))
+        .route("/api/conversations/{id}/emit", post(conversations::emit))
+        .route("/api/conversations", post(conversations::create_conversation))
+        .route("/api/conversations/{id}", get(conversations::get_conversation))
         .route(
             "/api/conversations/{id}/members/{user_id}",
-            axum::routing::put(add_member).delete(remove_member),
+            put(conversations::add_member).delete(conversations::remove_member),
         )
-        .route("/api/conversations/{id}/messages", post(send_message).get(history))
-        .route("/bams/{id}/messages", post(send_message).get(history))
-        .merge(console::routes())
+        .route(
+            "/api/conversations/{id}/messages",
+            post(conversations::send_message).get(conversations::history),
+        )
+        .route(
+            "/bams/{id}/messages",
+            post(conversations::send_message).get(conversations::history),
+        )
+        .route("/api/whoami", get(console::whoami))
+        .route("/api/nodes", get(console::nodes))
+        .route("/api/users/presence", get(console::users_presence))
+        .route("/api/rooms", get(console::rooms))
+        .route("/api/dev/token", get(console::dev_token))
         .route_layer(middleware::from_fn(observe::observe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -227,8 +259,11 @@ fn cors_layer(origins: &CorsOrigins) -> Option<CorsLayer> {
     }
 }
 
-#[derive(Serialize)]
-struct StatusBody {
+/// `{ status }`: what a route that did its work answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatusBody {
+    /// What was done (`"ok"`, `"Message sent"`, …).
+    #[schema(value_type = String)]
     status: &'static str,
 }
 
@@ -236,40 +271,10 @@ fn status(status: &'static str) -> Json<StatusBody> {
     Json(StatusBody { status })
 }
 
-async fn health() -> Json<StatusBody> {
-    status("ok")
-}
-
-async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    #[derive(Serialize)]
-    struct NotReady {
-        status: &'static str,
-        reason: &'static str,
-    }
-    match state.readiness.reason().await {
-        None => status("ready").into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(NotReady {
-                status: "unavailable",
-                reason,
-            }),
-        )
-            .into_response(),
-    }
-}
-
 async fn method_not_allowed() -> Response {
     let mut response = ApiError(DomainError::BadRequest("method not allowed on this route".into())).into_response();
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     response
-}
-
-async fn metrics() -> impl IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        METRICS.render(),
-    )
 }
 
 async fn not_found() -> ApiError {
@@ -286,285 +291,4 @@ fn event_name(name: Option<String>, default: &str) -> Result<String, ApiError> {
         return Err(DomainError::BadRequest(format!("event '{name}' is reserved")).into());
     }
     Ok(name)
-}
-
-#[derive(Deserialize)]
-struct UsersQuery {
-    cursor: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn list_users(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    ApiQuery(q): ApiQuery<UsersQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_server()?;
-    let page = state
-        .domain
-        .online_users(q.cursor.as_deref(), q.limit.unwrap_or(MAX_USERS_PAGE))
-        .await?;
-    Ok(Json(page))
-}
-
-#[derive(Deserialize)]
-struct MessageBody {
-    message: Value,
-    event: Option<String>,
-}
-
-async fn message_user(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path(user): Path<String>,
-    ApiJson(body): ApiJson<MessageBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_server()?;
-    let event = event_name(body.event, "message")?;
-    state
-        .domain
-        .send_to_user(&inbound::user_id(&user)?, event, body.message)
-        .await?;
-    Ok(status("Message sent"))
-}
-
-async fn broadcast_message(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<MessageBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_server()?;
-    let event = event_name(body.event, "message")?;
-    state.domain.broadcast(event, body.message).await?;
-    Ok(status("Message broadcasted"))
-}
-
-async fn disconnect_user(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path(user): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    #[derive(Serialize)]
-    struct Disconnected {
-        status: &'static str,
-        connections: usize,
-    }
-    caller.require_server()?;
-    let connections = state.domain.disconnect_user(&inbound::user_id(&user)?).await?;
-    Ok(Json(Disconnected {
-        status: "Disconnected",
-        connections,
-    }))
-}
-
-async fn stats(_caller: Caller, State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.domain.stats().await?))
-}
-
-async fn presence(
-    _caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path(user): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.domain.presence_of(&inbound::user_id(&user)?).await?))
-}
-
-async fn online(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Online {
-        conversation_id: ConversationId,
-        online_users: Vec<UserId>,
-    }
-    let conversation = inbound::conversation_id(&id)?;
-    let online_users = state
-        .domain
-        .conversation_online(caller.identity(), &conversation)
-        .await?;
-    Ok(Json(Online {
-        conversation_id: conversation,
-        online_users,
-    }))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct NotifyBody {
-    user_id: Value,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    title: Option<String>,
-    body: Option<String>,
-    data: Option<Value>,
-}
-
-async fn notify(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<NotifyBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_server()?;
-    let user = inbound::user_value("userId", &body.user_id)?;
-    let request = NotificationRequest {
-        kind: body.kind,
-        title: body.title,
-        body: body.body,
-        data: body.data,
-    };
-    state.domain.notify(&user, request).await?;
-    Ok(status("Notification sent"))
-}
-
-#[derive(Deserialize)]
-struct EventBody {
-    event: Option<String>,
-    data: Value,
-}
-
-async fn broadcast_event(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<EventBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_server()?;
-    let event = event_name(body.event, "notification")?;
-    state.domain.broadcast(event, body.data).await?;
-    Ok(status("Broadcast sent"))
-}
-
-async fn emit(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    ApiJson(body): ApiJson<EventBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_server()?;
-    if body.event.is_none() {
-        return Err(DomainError::BadRequest("event is required".into()).into());
-    }
-    let event = event_name(body.event, "")?;
-    state
-        .domain
-        .emit_to_conversation(&inbound::conversation_id(&id)?, event, body.data)
-        .await?;
-    Ok(status("Event emitted"))
-}
-
-#[derive(Deserialize)]
-struct CreateConversation {
-    id: Option<Value>,
-    title: Option<String>,
-    #[serde(default)]
-    members: Vec<Value>,
-}
-
-async fn create_conversation(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<CreateConversation>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_server()?;
-    let id = body
-        .id
-        .as_ref()
-        .map(|v| inbound::conversation_value("id", v))
-        .transpose()?;
-    if body.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE) {
-        return Err(DomainError::BadRequest(format!("title is longer than {MAX_TITLE} bytes")).into());
-    }
-    let members = inbound::members(&body.members)?;
-    let conversation = state.domain.create_conversation(id, body.title, members).await?;
-    Ok((StatusCode::CREATED, Json(conversation)))
-}
-
-async fn get_conversation(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        state
-            .domain
-            .conversation(caller.identity(), &inbound::conversation_id(&id)?)
-            .await?,
-    ))
-}
-
-async fn add_member(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path((id, user)): Path<(String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_server()?;
-    let (id, user) = (inbound::conversation_id(&id)?, inbound::user_id(&user)?);
-    state.domain.add_member(&id, &user).await?;
-    Ok(status("Member added"))
-}
-
-async fn remove_member(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path((id, user)): Path<(String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_server()?;
-    let (id, user) = (inbound::conversation_id(&id)?, inbound::user_id(&user)?);
-    state.domain.remove_member(&id, &user).await?;
-    Ok(status("Member removed"))
-}
-
-async fn send_message(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    ApiJson(mut body): ApiJson<Value>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Some(map) = body.as_object_mut() else {
-        return Err(DomainError::BadRequest("body must be a JSON object".into()).into());
-    };
-    // The path names the conversation, whatever the body says.
-    map.insert("conversationId".into(), Value::String(inbound::conversation_id(&id)?.0));
-    let sender = match (&caller, map.get("senderId")) {
-        (Caller::User(who), _) => who.clone(),
-        (Caller::Server, Some(v)) if !v.is_null() => Identity {
-            user_id: inbound::user_value("senderId", v)?,
-            admin: true,
-            conversations: None,
-        },
-        (Caller::Server, _) => return Err(DomainError::BadRequest("senderId is required".into()).into()),
-    };
-    let request = inbound::send(&body)?;
-    let sent = state.domain.send(&sender, request).await?;
-    let code = if sent.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((code, Json(sent.message)))
-}
-
-#[derive(Deserialize)]
-struct HistoryParams {
-    before: Option<i64>,
-    after: Option<i64>,
-    limit: Option<u32>,
-}
-
-async fn history(
-    caller: Caller,
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<HistoryParams>,
-) -> Result<impl IntoResponse, ApiError> {
-    let request = HistoryRequest {
-        conversation_id: inbound::conversation_id(&id)?,
-        before: q.before,
-        after: q.after,
-        limit: q.limit,
-    };
-    let page = state.domain.history(caller.identity(), request).await?;
-    Ok(Json(page))
 }

@@ -12,19 +12,23 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-/// One embedded file.
+/// One embedded file, served at `/assets/{name}`.
 struct Asset {
     name: &'static str,
     mime: &'static str,
     body: &'static [u8],
 }
 
+/// `asset!("name", mime)` from `gateway/web/`, `asset!("dir/", "name", mime)` from a folder in it.
 macro_rules! asset {
     ($name:literal, $mime:expr) => {
+        asset!("", $name, $mime)
+    };
+    ($dir:literal, $name:literal, $mime:expr) => {
         Asset {
             name: $name,
             mime: $mime,
-            body: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/", $name)),
+            body: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/", $dir, $name)),
         }
     };
 }
@@ -39,8 +43,8 @@ static ASSETS: &[Asset] = &[
     asset!("console.js", JS),
     asset!("demo.js", JS),
     asset!("common.js", JS),
-    asset!("vendor/socket.io.min.js", JS),
-    asset!("vendor/phoenix.min.js", JS),
+    asset!("vendor/", "socket.io.min.js", JS),
+    asset!("vendor/", "phoenix.min.js", JS),
 ];
 
 static CONSOLE: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/console.html"));
@@ -53,9 +57,23 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// The page routes.
 pub(super) fn routes() -> Router {
     Router::new()
-        .route("/console", get(|| async { page(CONSOLE) }))
-        .route("/demo", get(|| async { page(DEMO) }))
-        .route("/assets/{*name}", get(asset))
+        .route("/console", get(console))
+        .route("/demo", get(demo))
+        .route("/assets/{name}", get(asset))
+}
+
+/// The operator console (a page; it asks for the API key or an admin token).
+#[utoipa::path(get, path = "/console", tag = "console",
+    responses((status = 200, description = "The console page", body = String, content_type = "text/html")))]
+pub(super) async fn console() -> Response {
+    page(CONSOLE)
+}
+
+/// The demo chat (a page; Socket.IO or Phoenix).
+#[utoipa::path(get, path = "/demo", tag = "console",
+    responses((status = 200, description = "The demo chat page", body = String, content_type = "text/html")))]
+pub(super) async fn demo() -> Response {
+    page(DEMO)
 }
 
 fn page(body: &'static [u8]) -> Response {
@@ -71,7 +89,14 @@ fn page(body: &'static [u8]) -> Response {
     response
 }
 
-async fn asset(Path(name): Path<String>) -> Response {
+/// A script, stylesheet or icon of the pages.
+#[utoipa::path(get, path = "/assets/{name}", tag = "console",
+    params(("name" = String, Path, description = "The file, e.g. `console.js` or `phoenix.min.js`")),
+    responses(
+        (status = 200, description = "The file", body = String, content_type = "text/javascript"),
+        (status = 404, description = "No such asset", body = String, content_type = "text/plain"),
+    ))]
+pub(super) async fn asset(Path(name): Path<String>) -> Response {
     let Some(asset) = ASSETS.iter().find(|a| a.name == name) else {
         return (StatusCode::NOT_FOUND, "no such asset").into_response();
     };

@@ -130,7 +130,7 @@ pub struct CirclePage {
 }
 
 /// A user's presence as others see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserPresence {
     /// The user.
@@ -146,7 +146,7 @@ pub struct UserPresence {
 }
 
 /// One node's counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStats {
     /// The node.
@@ -162,7 +162,7 @@ pub struct NodeStats {
 }
 
 /// Counts for the whole cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ClusterStats {
     /// One row per live node.
     pub nodes: Vec<NodeStats>,
@@ -175,7 +175,7 @@ pub struct ClusterStats {
 }
 
 /// A page of online users, ordered by id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserPage {
     /// Online, visible users.

@@ -49,7 +49,7 @@ pub enum StoreError {
 }
 
 /// A conversation with its members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Conversation {
     /// The id.
@@ -136,7 +136,7 @@ pub struct HistoryQuery {
 }
 
 /// A page of history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryPage {
     /// Oldest first.
