@@ -388,12 +388,10 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: Arc<WebSocket>, reading: Read
         socket: socket.clone(),
     });
     adapter.domain.attach(&handle.local, handle.clone());
-    // The domain's calls at either end are boxed: inline, the largest of them would size
-    // this task's future for the socket's whole idle life.
-    if let Err(e) = Box::pin(adapter.domain.connect(&handle.local, &who)).await {
+    if let Err(e) = adapter.domain.connect(&handle.local, &who).await {
         tracing::warn!(error = %e, "socket not registered");
         METRICS.auth_failed(Protocol::Phoenix, e.code().as_str());
-        Box::pin(adapter.domain.detach(&handle.local)).await;
+        adapter.domain.detach(&handle.local).await;
         socket.close_with(DisconnectReason::ServerClose, TRY_AGAIN_LATER, "unavailable", false);
         reading.run(|_| {}).await;
         return;
@@ -404,8 +402,8 @@ async fn run(adapter: Arc<PhoenixAdapter>, socket: Arc<WebSocket>, reading: Read
     let rate = adapter.domain.rate_limiter(adapter.settings.rate, Some(&handle.user));
     let reason = reading.run(|text| read(&handle, &rate, text)).await;
     METRICS.disconnects.with_label_values(&[reason.label()]).inc();
-    if let Some(worker) = Box::pin(handle.inbox.stop()).await {
-        Box::pin(worker.finish()).await;
+    if let Some(worker) = handle.inbox.stop().await {
+        worker.finish().await;
     }
     tracing::debug!(reason = reason.label(), "socket closed");
 }
