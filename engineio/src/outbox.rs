@@ -78,6 +78,10 @@ impl Outbox {
     pub(crate) fn flush(&mut self, tcp: &TcpStream) -> io::Result<Flushed> {
         loop {
             if self.queue.is_empty() {
+                // A drained queue gives its buffer back: an idle connection keeps none.
+                if self.queue.capacity() > 0 {
+                    self.queue = VecDeque::new();
+                }
                 return Ok(Flushed::Empty);
             }
             // What waited goes out together: one writev for up to FLUSH_BATCH frames, so a

@@ -7,7 +7,17 @@ use gateway::dev::DevCredentials;
 use gateway::telemetry::{self, Logs};
 use std::process::ExitCode;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
+    // Freed pages go back to the system ~10 s later from jemalloc's own thread, not only when
+    // a later allocation happens to pass by: an idle node's RSS is what it holds.
+    #[cfg(feature = "jemalloc")]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("warning: jemalloc background thread not started: {e}");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {

@@ -5,7 +5,6 @@ use crate::domain::DomainError;
 use crate::inbound;
 use shared::phoenix::{Frame, PHOENIX_TOPIC};
 use shared::{ConversationId, UserId};
-use std::collections::HashMap;
 
 /// Phoenix's limit of channels per socket.
 pub const MAX_CHANNELS: usize = 100;
@@ -82,10 +81,11 @@ pub enum Route {
     Stale,
 }
 
-/// The joined topics of one socket.
+/// The joined topics of one socket, each with its join_ref: a vector, as a socket joins one or
+/// two topics and at most [`MAX_CHANNELS`] (a map's table would cost more than the topics).
 #[derive(Debug, Default)]
 pub struct Channels {
-    joined: HashMap<String, String>,
+    joined: Vec<(String, String)>,
 }
 
 impl Channels {
@@ -97,7 +97,7 @@ impl Channels {
         if frame.topic == PHOENIX_TOPIC {
             return Route::Unmatched;
         }
-        let current = self.joined.get(&frame.topic);
+        let current = self.join_ref(&frame.topic);
         match frame.event.as_str() {
             "phx_join" => match TopicKind::read(&frame.topic) {
                 Err(e) => Route::Refused(e),
@@ -105,13 +105,13 @@ impl Channels {
                 Ok(Some(_)) if current.is_none() && self.joined.len() >= MAX_CHANNELS => Route::TooManyChannels,
                 Ok(Some(kind)) => Route::Join {
                     kind,
-                    replaces: current.cloned(),
+                    replaces: current.map(str::to_owned),
                 },
             },
             "phx_leave" => Route::Leave(current.and_then(|_| TopicKind::parse(&frame.topic))),
             _ => match (current, &frame.join_ref) {
                 (None, _) => Route::Unmatched,
-                (Some(joined), Some(sent)) if joined != sent => Route::Stale,
+                (Some(joined), Some(sent)) if joined != sent.as_str() => Route::Stale,
                 (Some(_), _) => TopicKind::parse(&frame.topic).map_or(Route::Unmatched, Route::Push),
             },
         }
@@ -119,17 +119,26 @@ impl Channels {
 
     /// Records a successful join.
     pub fn joined(&mut self, topic: &str, join_ref: &str) {
-        self.joined.insert(topic.to_owned(), join_ref.to_owned());
+        match self.joined.iter_mut().find(|(t, _)| t == topic) {
+            Some((_, r)) => *r = join_ref.to_owned(),
+            None => {
+                if self.joined.len() == self.joined.capacity() && self.joined.len() < 4 {
+                    self.joined.reserve_exact(1);
+                }
+                self.joined.push((topic.to_owned(), join_ref.to_owned()));
+            }
+        }
     }
 
     /// Forgets a topic; returns its join_ref when it was joined.
     pub fn left(&mut self, topic: &str) -> Option<String> {
-        self.joined.remove(topic)
+        let at = self.joined.iter().position(|(t, _)| t == topic)?;
+        Some(self.joined.swap_remove(at).1)
     }
 
     /// The join_ref of a joined topic.
     pub fn join_ref(&self, topic: &str) -> Option<&str> {
-        self.joined.get(topic).map(String::as_str)
+        self.joined.iter().find(|(t, _)| t == topic).map(|(_, r)| r.as_str())
     }
 }
 

@@ -99,6 +99,10 @@ impl SocketHandle {
         let mut topics = self.joined.lock().unwrap_or_else(PoisonError::into_inner);
         topics.retain(|t| t != topic);
         if joined {
+            // Most sockets join one or two topics: room for what is joined, not for four.
+            if topics.len() == topics.capacity() && topics.len() < 4 {
+                topics.reserve_exact(1);
+            }
             topics.push(topic.to_owned());
         }
     }

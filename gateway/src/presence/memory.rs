@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use shared::{ConnId, ConversationId, NodeId, Status, UserId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Last-seen times kept for users who left; beyond this many, the oldest are forgotten.
@@ -25,25 +26,46 @@ struct State {
     conns: HashMap<ConnId, ConnState>,
     users: HashMap<UserId, UserState>,
     circles: HashMap<String, HashSet<UserId>>,
-    rooms: HashMap<ConversationId, BTreeSet<UserId>>,
     /// Per conversation, its joined connections keyed in the order a roster lists them, with
-    /// the time each joined.
-    rosters: HashMap<ConversationId, BTreeMap<(UserId, ConnId), DateTime<Utc>>>,
+    /// the time each joined. The one record of who is joined where: a user is joined to a
+    /// conversation while one of their connections is in its roster (no second index to keep
+    /// per connection).
+    rosters: HashMap<ConversationId, Roster>,
     last_seen: HashMap<UserId, DateTime<Utc>>,
 }
 
+type Roster = BTreeMap<(UserId, ConnId), DateTime<Utc>>;
+
 struct ConnState {
     user: UserId,
-    /// Conversation → when this connection joined it.
-    joined: HashMap<ConversationId, DateTime<Utc>>,
+    /// Conversation → when this connection joined it; a few at most, mostly one: a vector
+    /// costs a fraction of a map's memory.
+    joined: Vec<(ConversationId, DateTime<Utc>)>,
 }
 
 #[derive(Default)]
 struct UserState {
-    conns: BTreeSet<ConnId>,
+    /// A user's connections: a few at most (`--max-connections-per-user` per node).
+    conns: Vec<ConnId>,
     status: Status,
     circles: HashSet<String>,
-    joined: HashMap<ConversationId, usize>,
+}
+
+/// Appends to a vector that most often holds one item: the first takes room for one only.
+fn push_small<T>(v: &mut Vec<T>, item: T) {
+    if v.capacity() == 0 {
+        v.reserve_exact(1);
+    }
+    v.push(item);
+}
+
+/// Whether `user` has a connection in `roster`: its keys start with the user.
+fn has_user(roster: &Roster, user: &UserId) -> bool {
+    let from = (user.clone(), ConnId(String::new()));
+    roster
+        .range((Bound::Included(from), Bound::Unbounded))
+        .next()
+        .is_some_and(|((u, _), _)| u == user)
 }
 
 impl UserState {
@@ -105,13 +127,19 @@ impl State {
         self.users.get(user).map(|u| u.status).unwrap_or_default()
     }
 
-    fn unroster(&mut self, conversation: &ConversationId, user: &UserId, conn: &ConnId) {
-        if let Some(roster) = self.rosters.get_mut(conversation) {
-            roster.remove(&(user.clone(), conn.clone()));
-            if roster.is_empty() {
-                self.rosters.remove(conversation);
-            }
+    /// Takes a connection out of a roster; true when that was the user's last connection in it.
+    fn unroster(&mut self, conversation: &ConversationId, user: &UserId, conn: &ConnId) -> bool {
+        let Some(roster) = self.rosters.get_mut(conversation) else {
+            return false;
+        };
+        if roster.remove(&(user.clone(), conn.clone())).is_none() {
+            return false;
         }
+        let last = !has_user(roster, user);
+        if roster.is_empty() {
+            self.rosters.remove(conversation);
+        }
+        last
     }
 }
 
@@ -120,11 +148,10 @@ impl Presence for MemoryPresence {
     async fn connect(&self, entry: ConnectionEntry) -> Result<bool, PresenceError> {
         let mut s = self.state();
         let arrived = !s.users.contains_key(&entry.user);
-        s.users
-            .entry(entry.user.clone())
-            .or_default()
-            .conns
-            .insert(entry.conn.clone());
+        let conns = &mut s.users.entry(entry.user.clone()).or_default().conns;
+        if !conns.contains(&entry.conn) {
+            push_small(conns, entry.conn.clone());
+        }
         for circle in entry.circles {
             s.add_circle(&entry.user, circle);
         }
@@ -132,7 +159,7 @@ impl Presence for MemoryPresence {
             entry.conn,
             ConnState {
                 user: entry.user,
-                joined: HashMap::new(),
+                joined: Vec::new(),
             },
         );
         Ok(arrived)
@@ -144,36 +171,17 @@ impl Presence for MemoryPresence {
             return Ok(None);
         };
         let mut left = Vec::new();
-        let mut emptied_rooms = Vec::new();
         let Some(u) = s.users.get_mut(&c.user) else {
             return Ok(None);
         };
         let was_visible = u.visible();
         let status = u.status;
-        for conv in c.joined.keys() {
-            if let Some(n) = u.joined.get_mut(conv) {
-                *n -= 1;
-                if *n == 0 {
-                    u.joined.remove(conv);
-                    left.push(conv.clone());
-                }
-            }
-        }
-        u.conns.remove(conn);
+        u.conns.retain(|other| other != conn);
         let last_connection = u.conns.is_empty();
-        for conv in &left {
-            if let Some(room) = s.rooms.get_mut(conv) {
-                room.remove(&c.user);
-                if room.is_empty() {
-                    emptied_rooms.push(conv.clone());
-                }
+        for (conv, _) in &c.joined {
+            if s.unroster(conv, &c.user, conn) {
+                left.push(conv.clone());
             }
-        }
-        for conv in emptied_rooms {
-            s.rooms.remove(&conv);
-        }
-        for conv in c.joined.keys() {
-            s.unroster(conv, &c.user, conn);
         }
         if last_connection {
             s.remember_last_seen(&c.user, Utc::now());
@@ -181,7 +189,7 @@ impl Presence for MemoryPresence {
         Ok(Some(Disconnected {
             user: c.user,
             last_connection,
-            joined: c.joined.into_keys().collect(),
+            joined: c.joined.into_iter().map(|(conv, _)| conv).collect(),
             left,
             was_visible,
             status,
@@ -199,7 +207,7 @@ impl Presence for MemoryPresence {
             return Ok(Change::default());
         };
         let user = c.user.clone();
-        if c.joined.contains_key(conversation) {
+        if c.joined.iter().any(|(conv, _)| conv == conversation) {
             return Ok(Change {
                 status: s.status(&user),
                 ..Change::default()
@@ -207,20 +215,10 @@ impl Presence for MemoryPresence {
         }
         // Redis keeps milliseconds; so does this, for both to list the same `since`.
         let since = at.trunc_subsecs(3);
-        c.joined.insert(conversation.clone(), since);
-        let first = match s.users.get_mut(&user) {
-            Some(u) => {
-                let n = u.joined.entry(conversation.clone()).or_insert(0);
-                *n += 1;
-                *n == 1
-            }
-            None => false,
-        };
-        s.rooms.entry(conversation.clone()).or_default().insert(user.clone());
-        s.rosters
-            .entry(conversation.clone())
-            .or_default()
-            .insert((user.clone(), conn.clone()), since);
+        push_small(&mut c.joined, (conversation.clone(), since));
+        let roster = s.rosters.entry(conversation.clone()).or_default();
+        let first = !has_user(roster, &user);
+        roster.insert((user.clone(), conn.clone()), since);
         s.add_circle(&user, conversation.0.clone());
         Ok(Change {
             connection: true,
@@ -235,33 +233,14 @@ impl Presence for MemoryPresence {
             return Ok(Change::default());
         };
         let user = c.user.clone();
-        if c.joined.remove(conversation).is_none() {
+        let Some(at) = c.joined.iter().position(|(conv, _)| conv == conversation) else {
             return Ok(Change {
                 status: s.status(&user),
                 ..Change::default()
             });
-        }
-        let last = match s.users.get_mut(&user) {
-            Some(u) => match u.joined.get_mut(conversation) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    u.joined.remove(conversation);
-                    true
-                }
-                None => false,
-            },
-            None => false,
         };
-        if last && let Some(room) = s.rooms.get_mut(conversation) {
-            room.remove(&user);
-            if room.is_empty() {
-                s.rooms.remove(conversation);
-            }
-        }
-        s.unroster(conversation, &user, conn);
+        c.joined.swap_remove(at);
+        let last = s.unroster(conversation, &user, conn);
         Ok(Change {
             connection: true,
             user: last,
@@ -364,13 +343,14 @@ impl Presence for MemoryPresence {
 
     async fn conversation_online(&self, conversation: &ConversationId) -> Result<Vec<UserId>, PresenceError> {
         let s = self.state();
-        Ok(s.rooms
-            .get(conversation)
-            .into_iter()
-            .flatten()
-            .filter(|u| s.users.get(*u).is_some_and(UserState::visible))
-            .cloned()
-            .collect())
+        let mut online: Vec<UserId> = Vec::new();
+        // A roster's keys are in user order: a user's connections are next to each other.
+        for (user, _) in s.rosters.get(conversation).into_iter().flat_map(BTreeMap::keys) {
+            if online.last() != Some(user) && s.users.get(user).is_some_and(UserState::visible) {
+                online.push(user.clone());
+            }
+        }
+        Ok(online)
     }
 
     async fn roster(&self, conversation: &ConversationId) -> Result<Vec<RosterEntry>, PresenceError> {
@@ -422,7 +402,7 @@ impl Presence for MemoryPresence {
             node_id: self.node_id.clone(),
             connections: s.conns.len(),
             users: s.users.values().filter(|u| !u.conns.is_empty()).count(),
-            rooms: s.rooms.len(),
+            rooms: s.rosters.len(),
             started_at: self.started_at,
         };
         Ok(ClusterStats {

@@ -164,6 +164,8 @@ impl<W: Worker, R: Reading + 'static> Inbox<W, R> {
                 match next {
                     Some((input, _)) => input,
                     None => {
+                        // An idle connection keeps no buffer: most never queue again.
+                        st.queue = VecDeque::new();
                         st.worker = Some(worker);
                         st.running = false;
                         drop(st);

@@ -12,6 +12,9 @@
 //! change, one topic at a time, so a join racing the last leave never leaves the node deaf.
 
 mod contract;
+mod keyed;
+
+use keyed::{Keyed, push_small};
 
 pub use contract::{Connection, Gone, Local, Outlet, Refused, Written};
 
@@ -21,7 +24,7 @@ use crate::metrics::METRICS;
 use prometheus::{IntCounter, IntGauge};
 use shared::event::Message;
 use shared::{ConnId, ConversationId, Delivery, Event, Topic, UserId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -54,9 +57,9 @@ struct Member {
 
 #[derive(Default)]
 struct Entry {
-    members: HashMap<ConnKey, Member>,
+    members: Keyed<Member>,
     /// Sockets whose user channel hears of this conversation's messages.
-    watchers: HashMap<ConnKey, Arc<dyn Connection>>,
+    watchers: Keyed<Arc<dyn Connection>>,
     order: SeqOrder,
 }
 
@@ -100,8 +103,11 @@ pub struct Hub {
     gauges: RwLock<Vec<Registered>>,
     conns: Mutex<HashMap<ConnKey, Record>>,
     topics: RwLock<HashMap<Topic, Arc<Mutex<Entry>>>>,
-    /// Per topic, what the bus was last told (subscribed or not), behind a lock per topic.
-    wire: Mutex<HashMap<Topic, Arc<tokio::sync::Mutex<bool>>>>,
+    /// The topics the bus was last told to subscribe: changed only under the topic's lock.
+    subscribed: Mutex<HashSet<Topic>>,
+    /// A lock per topic being synced, so that its syncs run one at a time; dropped when
+    /// nobody holds or waits for it (a lock per subscribed topic would cost every user).
+    syncing: Mutex<HashMap<Topic, Arc<tokio::sync::Mutex<()>>>>,
     next_key: AtomicU64,
 }
 
@@ -118,7 +124,8 @@ impl Hub {
             gauges: RwLock::default(),
             conns: Mutex::default(),
             topics: RwLock::default(),
-            wire: Mutex::default(),
+            subscribed: Mutex::default(),
+            syncing: Mutex::default(),
             next_key: AtomicU64::new(1),
         }
     }
@@ -186,8 +193,8 @@ impl Hub {
         for topic in record.topics.into_iter().chain(watched) {
             if let Some(entry) = topics.get(&topic) {
                 let mut e = lock(entry);
-                e.members.remove(&key);
-                e.watchers.remove(&key);
+                e.members.remove(key);
+                e.watchers.remove(key);
                 if e.is_empty() {
                     drop(e);
                     topics.remove(&topic);
@@ -209,7 +216,7 @@ impl Hub {
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
         let already = topics
             .get(topic)
-            .is_some_and(|entry| lock(entry).members.contains_key(&key));
+            .is_some_and(|entry| lock(entry).members.contains_key(key));
         let held = match topic {
             Topic::Conversation(_) => record
                 .topics
@@ -224,7 +231,7 @@ impl Hub {
         let entry = topics.entry(topic.clone()).or_default().clone();
         let mut e = lock(&entry);
         if !already {
-            record.topics.push(topic.clone());
+            push_small(&mut record.topics, topic.clone());
             let state = if pending {
                 State::Pending(Vec::new())
             } else {
@@ -250,7 +257,7 @@ impl Hub {
         let Some(entry) = self.entry(topic) else { return };
         let outlets = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
         let mut e = lock(&entry);
-        let Some(member) = e.members.get_mut(&key) else { return };
+        let Some(member) = e.members.get_mut(key) else { return };
         let waiting = match std::mem::replace(&mut member.state, State::Live { after }) {
             State::Pending(waiting) => waiting,
             State::Overflowed => {
@@ -283,7 +290,7 @@ impl Hub {
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = topics.get(topic) else { return false };
         let mut e = lock(entry);
-        if e.members.remove(&key).is_none() || !e.is_empty() {
+        if e.members.remove(key).is_none() || !e.is_empty() {
             return false;
         }
         drop(e);
@@ -300,7 +307,7 @@ impl Hub {
             if record.watching.contains(c) {
                 continue;
             }
-            record.watching.push(c.clone());
+            push_small(&mut record.watching, c.clone());
             let entry = topics.entry(Topic::Conversation(c.clone())).or_default();
             lock(entry).watchers.insert(key, record.conn.clone());
         }
@@ -319,7 +326,7 @@ impl Hub {
             let topic = Topic::Conversation(c.clone());
             let Some(entry) = topics.get(&topic) else { continue };
             let mut e = lock(entry);
-            if e.watchers.remove(&key).is_some() && e.is_empty() {
+            if e.watchers.remove(key).is_some() && e.is_empty() {
                 drop(e);
                 topics.remove(&topic);
                 emptied.push(topic);
@@ -345,12 +352,12 @@ impl Hub {
             .members
             .iter()
             .filter(|(_, m)| theirs(&m.conn))
-            .map(|(k, _)| *k)
-            .chain(e.watchers.iter().filter(|(_, c)| theirs(c)).map(|(k, _)| *k))
+            .map(|(k, _)| k)
+            .chain(e.watchers.iter().filter(|(_, c)| theirs(c)).map(|(k, _)| k))
             .collect();
         for key in keys {
-            let member = e.members.remove(&key).map(|m| m.conn);
-            let watcher = e.watchers.remove(&key);
+            let member = e.members.remove(key).map(|m| m.conn);
+            let watcher = e.watchers.remove(key);
             if let Some(conn) = member.or(watcher) {
                 expelled.push(conn);
             }
@@ -489,27 +496,31 @@ impl Hub {
         if *topic == Topic::All {
             return;
         }
-        let wire = lock(&self.wire).entry(topic.clone()).or_default().clone();
-        let mut subscribed = wire.lock().await;
+        let turn = lock(&self.syncing).entry(topic.clone()).or_default().clone();
+        let held = turn.lock().await;
+        let subscribed = lock(&self.subscribed).contains(topic);
         let wanted = self.has_members(topic);
-        if wanted != *subscribed {
+        if wanted != subscribed {
             let done = if wanted {
                 self.bus.subscribe(topic).await
             } else {
                 self.bus.unsubscribe(topic).await
             };
             match done {
-                Ok(()) => *subscribed = wanted,
+                Ok(()) if wanted => {
+                    lock(&self.subscribed).insert(topic.clone());
+                }
+                Ok(()) => {
+                    lock(&self.subscribed).remove(topic);
+                }
                 Err(e) => tracing::warn!(?topic, error = %e, "bus subscription not changed"),
             }
         }
-        if !*subscribed {
-            drop(subscribed);
-            let mut wires = lock(&self.wire);
-            // Only this sync holds it (the map's copy and ours): nobody waits to use it.
-            if wires.get(topic).is_some_and(|w| Arc::strong_count(w) == 2) {
-                wires.remove(topic);
-            }
+        drop(held);
+        let mut syncing = lock(&self.syncing);
+        // Only this sync holds it (the map's copy and ours): nobody waits to use it.
+        if syncing.get(topic).is_some_and(|t| Arc::strong_count(t) == 2) {
+            syncing.remove(topic);
         }
     }
 }

@@ -62,8 +62,8 @@ struct LocalConn {
     user: UserId,
     circles: Vec<String>,
     /// Conversation → when this connection joined it (ms), so that registering again keeps the
-    /// roster's `since`.
-    joined: HashMap<ConversationId, i64>,
+    /// roster's `since`. A vector: a connection joins a few (a map's table cost more).
+    joined: Vec<(ConversationId, i64)>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> PresenceError {
@@ -201,7 +201,7 @@ impl Presence for RedisPresence {
             LocalConn {
                 user: entry.user,
                 circles: entry.circles,
-                joined: HashMap::new(),
+                joined: Vec::new(),
             },
         );
         Ok(arrived)
@@ -221,7 +221,7 @@ impl Presence for RedisPresence {
         };
         // The node's own record says what it subscribed to: that is what is released, whatever
         // Redis answers (it may have lost the connection, or applied a timed-out join late).
-        let joined: Vec<ConversationId> = joined.into_keys().collect();
+        let joined: Vec<ConversationId> = joined.into_iter().map(|(conv, _)| conv).collect();
         let unknown = Disconnected {
             user,
             last_connection: false,
@@ -276,7 +276,16 @@ impl Presence for RedisPresence {
         if change.connection
             && let Some(c) = self.local().conns.get_mut(conn)
         {
-            c.joined.insert(conversation.clone(), at.timestamp_millis());
+            let since = at.timestamp_millis();
+            match c.joined.iter_mut().find(|(conv, _)| conv == conversation) {
+                Some((_, at)) => *at = since,
+                None => {
+                    if c.joined.capacity() == 0 {
+                        c.joined.reserve_exact(1);
+                    }
+                    c.joined.push((conversation.clone(), since));
+                }
+            }
         }
         Ok(change)
     }
@@ -287,7 +296,7 @@ impl Presence for RedisPresence {
                 .await?,
         );
         if let Some(c) = self.local().conns.get_mut(conn) {
-            c.joined.remove(conversation);
+            c.joined.retain(|(conv, _)| conv != conversation);
         }
         Ok(change)
     }

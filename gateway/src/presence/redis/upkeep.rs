@@ -172,7 +172,7 @@ impl RedisPresence {
                 .local()
                 .conns
                 .get(&conn)
-                .is_some_and(|c| c.joined.contains_key(&conv));
+                .is_some_and(|c| c.joined.iter().any(|(joined, _)| *joined == conv));
             if joined {
                 continue;
             }
