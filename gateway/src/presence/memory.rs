@@ -328,7 +328,7 @@ impl Presence for MemoryPresence {
     async fn active_conversations(&self, after: Option<&str>, limit: usize) -> Result<ConversationPage, PresenceError> {
         let s = self.state();
         let mut rooms: Vec<&ConversationId> = s
-            .rooms
+            .rosters
             .keys()
             .filter(|id| after.is_none_or(|a| id.as_str() > a))
             .collect();
