@@ -134,6 +134,12 @@ impl Event {
     pub fn kind(&self) -> &'static str {
         Self::KINDS[self.kind_index()]
     }
+
+    /// Whether its publication and deliveries are traced: not the nodes' periodic reports,
+    /// which would add a trace per node every few seconds and tell nothing of a user's request.
+    pub fn traced(&self) -> bool {
+        !matches!(self, Event::NodeReport(_))
+    }
 }
 
 /// A stored message: `{ id, conversationId, senderId, content, type, attachments, tempId, seq, sentAt }`.
@@ -409,6 +415,21 @@ mod tests {
             assert_eq!(Envelope::decode(&envelope.encode()?)?, envelope);
         }
         Ok(())
+    }
+
+    #[test]
+    fn node_reports_alone_are_not_traced() {
+        let report = Event::NodeReport(crate::node::NodeReport {
+            node_id: "n1".into(),
+            version: "1".into(),
+            started_at: chrono::Utc::now(),
+            reported_at: chrono::Utc::now(),
+            not_ready: None,
+            connections: crate::node::ProtocolCounts::default(),
+            totals: crate::node::Totals::default(),
+        });
+        assert!(!report.traced());
+        assert!(Event::Disconnect(UserRef { user_id: "u".into() }).traced());
     }
 
     #[test]

@@ -95,7 +95,11 @@ async fn receive(bus: Arc<RedisBus>, shutdown: CancellationToken) {
                     received.inc();
                 }
                 Metrics::observe_since_ms(&METRICS.bus_lag, env.ts_ms);
-                let span = telemetry::delivery_span(env.trace.as_deref(), env.delivery.event.kind(), &env.origin.0);
+                let span = if env.delivery.event.traced() {
+                    telemetry::delivery_span(env.trace.as_deref(), env.delivery.event.kind(), &env.origin.0)
+                } else {
+                    tracing::Span::none()
+                };
                 bus.sink.deliver(Arc::new(env.delivery)).instrument(span).await;
                 Metrics::observe_since_ms(&METRICS.fanout_remote, env.ts_ms);
             }
@@ -152,7 +156,7 @@ impl Bus for RedisBus {
     async fn publish(&self, delivery: Delivery) -> Result<(), BusError> {
         let started = Instant::now();
         let kind = delivery.event.kind_index();
-        let span = if telemetry::enabled() {
+        let span = if telemetry::enabled() && delivery.event.traced() {
             tracing::info_span!("bus.publish", kind = delivery.event.kind())
         } else {
             tracing::Span::none()
