@@ -11,9 +11,9 @@
 // The sockets send a heartbeat every 20 s, as phoenix.js does (30 s by default), and are held
 // `--hold` seconds (default 30) before RSS is read again.
 
-import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { token as signed } from './lib/token.mjs';
 
 const require = createRequire(`${process.cwd()}/`);
 const WebSocket = require('ws');
@@ -29,13 +29,7 @@ const hold = Number(args.hold ?? 30) * 1000;
 const conversations = Number(args.conversations ?? 1);
 const protocol = args.protocol ?? 'phoenix';
 
-const b64 = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
-function token(sub) {
-  const head = b64({ alg: 'HS256', typ: 'JWT' });
-  const body = b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600 });
-  const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
-  return `${head}.${body}.${sig}`;
-}
+const token = (sub) => signed(sub, secret);
 
 function rssKb() {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');

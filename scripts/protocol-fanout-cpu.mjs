@@ -11,9 +11,9 @@
 //
 // Prints one JSON line: deliveries, lost, node CPU seconds, µs per delivery, deliveries/s.
 
-import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { token as signed } from './lib/token.mjs';
 
 const require = createRequire(`${process.cwd()}/`);
 const WebSocket = require('ws');
@@ -32,13 +32,7 @@ const apiKey = args['api-key'] ?? 'k';
 const room = `cpu-${protocol}-${Date.now()}`;
 const EVENT = 'tick';
 
-const b64 = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
-function token(sub) {
-  const head = b64({ alg: 'HS256', typ: 'JWT' });
-  const body = b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600 });
-  const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
-  return `${head}.${body}.${sig}`;
-}
+const token = (sub) => signed(sub, secret);
 
 /** utime + stime of the node, in seconds (fields 14 and 15 of /proc/PID/stat, in ticks). */
 function cpuSeconds() {
