@@ -123,23 +123,23 @@
         return answer;
       });
     // `message:new` carries `{ message }` in this vocabulary; acks and history carry messages.
-    const camel = (m) => (m && m.message ? m.message : m);
+    const unwrapped = (m) => (m && m.message ? m.message : m);
     let joinedOnce = false;
     socket.on("connect", async () => {
       chat.status("connected over Socket.IO");
       const last = Math.max(0, ...[...chat.messages.values()].map((e) => e.message.seq));
       const joined = await ack("conversation:join", joinedOnce ? { conversationId: conversation, lastSeq: last } : { conversationId: conversation });
       chat.setOnline(joined.onlineUsers || []);
-      (joined.missed || []).forEach((m) => chat.message(camel(m)));
+      (joined.missed || []).forEach((m) => chat.message(unwrapped(m)));
       if (!joinedOnce) {
         joinedOnce = true;
         const history = await ack("conversation:history", { conversationId: conversation, limit: 50 });
-        history.messages.forEach((m) => chat.message(camel(m)));
+        history.messages.forEach((m) => chat.message(unwrapped(m)));
       }
     });
     socket.on("connect_error", (e) => chat.status(`connection refused: ${e.message}`));
     socket.on("disconnect", (reason) => chat.status(`disconnected (${reason}), reconnecting…`));
-    socket.on("message:new", (m) => chat.message(camel(m)));
+    socket.on("message:new", (m) => chat.message(unwrapped(m)));
     socket.on("typing:user", (t) => chat.typing(t.userId, t.isTyping));
     socket.on("message:status", (s) => s.status === "read" && chat.receipt(s.messageId, s.userId));
     socket.on("reaction:added", (r) => chat.reaction(r.messageId, r.userId, r.reaction, true));

@@ -310,34 +310,17 @@ impl Presence for MemoryPresence {
 
     async fn online_users(&self, after: Option<&str>, limit: usize) -> Result<UserPage, PresenceError> {
         let s = self.state();
-        let mut users: Vec<&UserId> = s
-            .users
-            .iter()
-            .filter(|(id, u)| u.visible() && after.is_none_or(|a| id.as_str() > a))
-            .map(|(id, _)| id)
-            .collect();
-        users.sort_unstable();
-        let more = users.len() > limit;
-        users.truncate(limit);
-        Ok(UserPage {
-            next_cursor: more.then(|| users.last().map(|u| u.0.clone())).flatten(),
-            users: users.into_iter().cloned().collect(),
-        })
+        let visible = s.users.iter().filter(|(_, u)| u.visible()).map(|(id, _)| id);
+        let (users, next_cursor) = page_after(visible, UserId::as_str, after, limit);
+        Ok(UserPage { users, next_cursor })
     }
 
     async fn active_conversations(&self, after: Option<&str>, limit: usize) -> Result<ConversationPage, PresenceError> {
         let s = self.state();
-        let mut rooms: Vec<&ConversationId> = s
-            .rosters
-            .keys()
-            .filter(|id| after.is_none_or(|a| id.as_str() > a))
-            .collect();
-        rooms.sort_unstable();
-        let more = rooms.len() > limit;
-        rooms.truncate(limit);
+        let (conversations, next_cursor) = page_after(s.rosters.keys(), ConversationId::as_str, after, limit);
         Ok(ConversationPage {
-            next_cursor: more.then(|| rooms.last().map(|c| c.0.clone())).flatten(),
-            conversations: rooms.into_iter().cloned().collect(),
+            conversations,
+            next_cursor,
         })
     }
 
@@ -412,6 +395,22 @@ impl Presence for MemoryPresence {
             nodes: vec![node],
         })
     }
+}
+
+/// One page of ids sorted by id (`key`), those after `after`, at most `limit`; the cursor of
+/// the next page (the last id listed) when more follow.
+fn page_after<'a, T: Ord + Clone + 'a>(
+    ids: impl Iterator<Item = &'a T>,
+    key: impl Fn(&T) -> &str,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<T>, Option<String>) {
+    let mut page: Vec<&T> = ids.filter(|id| after.is_none_or(|a| key(id) > a)).collect();
+    page.sort_unstable();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = more.then(|| page.last().map(|id| key(id).to_owned())).flatten();
+    (page.into_iter().cloned().collect(), next)
 }
 
 #[cfg(test)]
