@@ -11,7 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use engineio::Packet;
 use engineio::net::{ClosableListener, ConnInfo};
-use engineio::websocket::{self, Message, WsConfig};
+use engineio::websocket::{self, Message, WsConfig, WsServer};
+use std::sync::{Arc, LazyLock};
+
+/// Echoes up to 16 MiB, never closes an idle socket.
+static SERVER: LazyLock<Arc<WsServer>> = LazyLock::new(|| {
+    Arc::new(WsServer::new(WsConfig {
+        max_payload: 16 << 20,
+        idle_timeout: None,
+        ..WsConfig::default()
+    }))
+});
 
 async fn echo(ConnectInfo(info): ConnectInfo<ConnInfo>, mut request: Request) -> Response {
     let (response, upgrade) = match websocket::accept(&mut request, &info, &[]) {
@@ -19,12 +29,7 @@ async fn echo(ConnectInfo(info): ConnectInfo<ConnInfo>, mut request: Request) ->
         Err(e) => return (e.status(), e.to_string()).into_response(),
     };
     tokio::spawn(async move {
-        let config = WsConfig {
-            max_payload: 16 << 20,
-            idle_timeout: None,
-            ..WsConfig::default()
-        };
-        if let Some((socket, reading)) = upgrade.open(config).await {
+        if let Some((socket, reading)) = upgrade.open(&SERVER).await {
             let sender = socket.clone();
             reading
                 .run_messages(move |m| match m {

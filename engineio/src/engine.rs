@@ -4,11 +4,13 @@ use crate::close::{Closing, DisconnectReason};
 use crate::config::Config;
 use crate::packet::Packet;
 use crate::session::{Session, Transport};
+use crate::timers::Wheel;
 use base64::Engine as _;
 use rand::RngCore;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 /// What the layer above (Socket.IO) does with a session's messages. The engine calls it from
 /// the task that read the message, so a method must not block: spawn for anything slow.
@@ -28,6 +30,9 @@ pub trait Handler: Send + Sync + Sized + 'static {
 /// Every session of the server, by sid.
 pub struct Engine<D> {
     sessions: Mutex<HashMap<Box<str>, Arc<Session<D>>>>,
+    /// The heartbeats of WebSocket sessions (a polling session keeps its own task until it
+    /// upgrades).
+    heartbeats: Wheel<Session<D>>,
     /// The settings every session shares.
     pub settings: Config,
 }
@@ -35,10 +40,31 @@ pub struct Engine<D> {
 impl<D: Default + Send + Sync + 'static> Engine<D> {
     /// An engine without sessions.
     pub fn new(settings: Config) -> Self {
+        let config = settings.clone();
+        let beat = move |session: &Session<D>, _now| {
+            if session.is_closed() {
+                return None;
+            }
+            match session.heartbeat(&config) {
+                Ok(next) => Some(next),
+                Err(reason) => {
+                    session.close_now(reason);
+                    None
+                }
+            }
+        };
         Self {
             sessions: Mutex::default(),
+            heartbeats: Wheel::new(heartbeat_tick(&settings), Box::new(beat)),
             settings,
         }
+    }
+
+    /// Keeps the heartbeat of a WebSocket session from now on: pings when due, and closes
+    /// it when a pong is late.
+    pub(crate) fn keep_heartbeat(&self, session: &Arc<Session<D>>) {
+        let next = session.state().heartbeat.next;
+        self.heartbeats.insert(session, next);
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Session<D>>>> {
@@ -83,6 +109,13 @@ impl<D: Default + Send + Sync + 'static> Engine<D> {
         let _ = serde_json::to_writer(&mut out, &open);
         Packet::new(&out)
     }
+}
+
+/// How precisely heartbeats are kept: a tenth of the shorter of the interval and the
+/// timeout, at most half a second (a ping late by that, against a client that waits
+/// `pingInterval + pingTimeout` for it).
+fn heartbeat_tick(settings: &Config) -> Duration {
+    (settings.ping_interval.min(settings.ping_timeout) / 10).clamp(Duration::from_millis(1), Duration::from_millis(500))
 }
 
 /// A random 20-character URL-safe id (120 bits).

@@ -18,6 +18,7 @@
 //! - [`serve`]: HTTP over them with a request-head deadline, a connection cap that still
 //!   serves the probes, and a graceful stop.
 //! - [`stats`]: process-wide counters for the embedding server's metrics.
+//! - `timers`: one task that keeps the heartbeats and idle timeouts of every connection.
 
 #![warn(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod packet;
 pub mod serve;
 pub mod session;
 pub mod stats;
+mod timers;
 mod transport;
 pub mod websocket;
 

@@ -13,6 +13,7 @@ use crate::outbox::{Outbox, Pushed};
 use crate::packet::Packet;
 use crate::stats;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Waker};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -39,6 +40,18 @@ pub(crate) struct Inner {
     /// The layer above asked for no more messages until it resumes reading.
     pub(crate) paused: bool,
     pub(crate) heartbeat: Heartbeat,
+    /// The WebSocket task, waiting for something to write, a close or reading to resume.
+    task: Option<Waker>,
+}
+
+impl Inner {
+    /// Has the WebSocket task woken by [`Session::wake_writer`]; with the state locked, so
+    /// that no wake between the task's last look and this goes unseen.
+    pub(crate) fn park(&mut self, cx: &Context<'_>) {
+        if !self.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.task = Some(cx.waker().clone());
+        }
+    }
 }
 
 /// One client connection, whatever its transport.
@@ -50,7 +63,8 @@ pub struct Session<D> {
     /// The layer above's state.
     pub data: D,
     state: Mutex<Inner>,
-    /// Wakes whoever writes for the session: the WebSocket task, or a pending poll.
+    /// Wakes a pending poll: something to send, a close, an upgrade. (The WebSocket task
+    /// waits on the waker in its state instead: no future to keep.)
     pub(crate) wake: Notify,
     /// Wakes a polling session's heartbeat task: the session closed or upgraded, or a pong
     /// moved the next ping.
@@ -84,6 +98,7 @@ impl<D> Session<D> {
                     next: Instant::now() + config.ping_interval.mul_f64(rand::random_range(0.5..=0.9)),
                     awaiting_pong: false,
                 },
+                task: None,
             }),
             wake: Notify::new(),
             closed: Notify::new(),
@@ -122,10 +137,7 @@ impl<D> Session<D> {
         match inner.out.push(tcp, packet, self.max_queue) {
             Pushed::Done => {}
             // Whoever writes is told when the queue stops being empty.
-            Pushed::Queued => {
-                drop(st);
-                self.wake.notify_one();
-            }
+            Pushed::Queued => self.wake_writer(st),
             Pushed::Full => {
                 stats::count_outbound_dropped();
                 tracing::info!(sid = %self.sid, "closing a slow consumer");
@@ -163,8 +175,18 @@ impl<D> Session<D> {
     }
 
     pub(crate) fn wake_all(&self) {
-        self.wake.notify_one();
+        self.wake_writer(self.state());
         self.closed.notify_one();
+    }
+
+    /// Wakes whoever writes for the session: the WebSocket task, or a pending poll.
+    pub(crate) fn wake_writer(&self, mut st: MutexGuard<'_, Inner>) {
+        let task = st.task.take();
+        drop(st);
+        self.wake.notify_one();
+        if let Some(task) = task {
+            task.wake();
+        }
     }
 
     /// Whether the session is closing or closed.
@@ -181,8 +203,9 @@ impl<D> Session<D> {
 
     /// Hands the client's messages up again.
     pub fn resume_reading(&self) {
-        self.state().paused = false;
-        self.wake.notify_one();
+        let mut st = self.state();
+        st.paused = false;
+        self.wake_writer(st);
         self.resumed.notify_waiters();
     }
 
@@ -207,15 +230,18 @@ impl<D> Session<D> {
     }
 
     /// A pong: the next ping is due an interval from now, as the reference server schedules
-    /// it; the heartbeat timer (asleep until the pong deadline) is told.
+    /// it. A polling session's heartbeat task (asleep until the pong deadline) is told; the
+    /// engine's heartbeat wheel reads the new deadline when the old one comes.
     pub(crate) fn on_pong(&self, config: &Config) {
         let mut st = self.state();
         if st.heartbeat.awaiting_pong {
             st.heartbeat.awaiting_pong = false;
             st.heartbeat.next = Instant::now() + config.ping_interval;
+            let polling = matches!(st.transport, Transport::Polling);
             drop(st);
-            self.wake.notify_one();
-            self.closed.notify_one();
+            if polling {
+                self.closed.notify_one();
+            }
         }
     }
 

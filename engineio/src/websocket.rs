@@ -4,7 +4,9 @@
 //!
 //! [`accept`] checks the handshake and answers it; the returned [`Upgrade`] becomes a
 //! [`WebSocket`] (the sending side, shared with whoever pushes to the client) and a
-//! [`Reading`] (the one task: reads, idle timeout, writes that had to wait, the close).
+//! [`Reading`] (the one task: reads, writes that had to wait, the close). A [`WsServer`]
+//! holds what its sockets share: the settings, and the one task that keeps their idle
+//! timeouts.
 
 use crate::close::DisconnectReason;
 use crate::frame::{self, Incoming};
@@ -13,14 +15,15 @@ use crate::net::TcpConn;
 use crate::outbox::{Flushed, Outbox, Pushed};
 use crate::packet::Packet;
 use crate::stats;
+use crate::timers::Wheel;
 use crate::transport::ws::{READ_CHUNK, drain_upgraded, handshake_accept, shutdown};
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How long a closing socket may take to write what is queued and its close frame.
@@ -84,6 +87,54 @@ impl HandshakeError {
     }
 }
 
+/// The plain WebSockets of one server: their settings, and the one task that closes the
+/// idle ones (one per server, not a timer in each socket's task).
+pub struct WsServer {
+    config: WsConfig,
+    idle: Option<Wheel<WebSocket>>,
+}
+
+impl WsServer {
+    /// A server for sockets with `config`.
+    pub fn new(config: WsConfig) -> Self {
+        let idle = config.idle_timeout.map(|timeout| {
+            let code = config.idle_code;
+            let visit = move |socket: &WebSocket, now: Instant| {
+                let st = socket.state();
+                if st.closing.is_some() {
+                    return None;
+                }
+                // A paused socket reads nothing: its client is not idle, the handler is busy.
+                let due = if st.paused {
+                    now + timeout
+                } else {
+                    st.last_read + timeout
+                };
+                if due > now {
+                    return Some(due);
+                }
+                drop(st);
+                socket.set_closing(Close {
+                    reason: DisconnectReason::IdleTimeout,
+                    code: Some(code),
+                    text: "",
+                    flush: true,
+                });
+                None
+            };
+            // Kept to a sixteenth of the timeout, at most a second.
+            let tick = (timeout / 16).min(Duration::from_secs(1));
+            Wheel::new(tick, Box::new(visit))
+        });
+        Self { config, idle }
+    }
+
+    /// The settings of its sockets.
+    pub fn config(&self) -> &WsConfig {
+        &self.config
+    }
+}
+
 /// A checked handshake whose 101 answer has not yet reached the client.
 pub struct Upgrade {
     on_upgrade: hyper::upgrade::OnUpgrade,
@@ -132,7 +183,8 @@ pub fn accept(
 impl Upgrade {
     /// Waits for the 101 to go out and takes the connection over; `None` when the client
     /// went away first.
-    pub async fn open(self, config: WsConfig) -> Option<(Arc<WebSocket>, Reading)> {
+    pub async fn open(self, server: &WsServer) -> Option<(Arc<WebSocket>, Reading)> {
+        let config = &server.config;
         let upgraded = match self.on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -149,17 +201,25 @@ impl Upgrade {
         });
         let socket = Arc::new(WebSocket {
             tcp: self.tcp,
-            state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            state: Mutex::new(State {
+                out: Outbox::default(),
+                closing: None,
+                paused: false,
+                last_read: Instant::now(),
+                task: None,
+            }),
             max_queue: config.max_queue.max(1),
             slow_consumer_code: config.slow_consumer_code,
         });
         if let Err(reason) = drained {
             socket.close_now(reason, None);
         }
+        if let (Some(idle), Some(timeout)) = (&server.idle, config.idle_timeout) {
+            idle.insert(&socket, Instant::now() + timeout);
+        }
         let reading = Reading {
             socket: socket.clone(),
-            config,
+            max_payload: config.max_payload,
             reader: frame::Reader::default(),
             early,
         };
@@ -179,20 +239,22 @@ struct Close {
     flush: bool,
 }
 
-#[derive(Default)]
 struct State {
     out: Outbox,
     closing: Option<Close>,
     /// The handler asked for no more messages until it resumes reading.
     paused: bool,
+    /// When the client last sent something (or reading last resumed): the idle timeout
+    /// counts from it.
+    last_read: Instant,
+    /// The socket's task, waiting for something to write, a close or reading to resume.
+    task: Option<Waker>,
 }
 
 /// The sending side of a plain WebSocket, shared by whoever writes to the client.
 pub struct WebSocket {
     tcp: Arc<TcpConn>,
     state: Mutex<State>,
-    /// Wakes the socket's task: something queued, a close, reading resumed.
-    wake: Notify,
     max_queue: usize,
     slow_consumer_code: u16,
 }
@@ -212,10 +274,7 @@ impl WebSocket {
         }
         match st.out.push(Some(&self.tcp), packet, self.max_queue) {
             Pushed::Done => {}
-            Pushed::Queued => {
-                drop(st);
-                self.wake.notify_one();
-            }
+            Pushed::Queued => wake(st),
             Pushed::Full => {
                 stats::count_outbound_dropped();
                 tracing::info!("closing a slow consumer");
@@ -225,8 +284,7 @@ impl WebSocket {
                     text: "",
                     flush: false,
                 });
-                drop(st);
-                self.wake.notify_one();
+                wake(st);
             }
             Pushed::Failed => {
                 st.closing = Some(Close {
@@ -235,8 +293,7 @@ impl WebSocket {
                     text: "",
                     flush: false,
                 });
-                drop(st);
-                self.wake.notify_one();
+                wake(st);
             }
         }
     }
@@ -270,8 +327,9 @@ impl WebSocket {
     }
 
     fn set_closing(&self, close: Close) {
-        self.state().closing.get_or_insert(close);
-        self.wake.notify_one();
+        let mut st = self.state();
+        st.closing.get_or_insert(close);
+        wake(st);
     }
 
     /// Whether the socket is closing or closed.
@@ -288,8 +346,20 @@ impl WebSocket {
 
     /// Reads the client's frames again.
     pub fn resume_reading(&self) {
-        self.state().paused = false;
-        self.wake.notify_one();
+        let mut st = self.state();
+        st.paused = false;
+        st.last_read = Instant::now();
+        wake(st);
+    }
+}
+
+/// Wakes the socket's task (something queued, a close, reading resumed), after letting the
+/// state go.
+fn wake(mut st: MutexGuard<'_, State>) {
+    let task = st.task.take();
+    drop(st);
+    if let Some(task) = task {
+        task.wake();
     }
 }
 
@@ -305,7 +375,7 @@ pub enum Message<'a> {
 /// A plain WebSocket's one task; see [`Reading::run`].
 pub struct Reading {
     socket: Arc<WebSocket>,
-    config: WsConfig,
+    max_payload: usize,
     reader: frame::Reader,
     early: Vec<u8>,
 }
@@ -314,98 +384,102 @@ impl Reading {
     /// Runs the socket until it closes, handing each text message to `on_text` (from this
     /// task: it must not block). Answers pings, ignores binary messages, closes an idle
     /// client, writes what could not be written at once, and returns why the socket ended.
-    pub async fn run(self, mut on_text: impl FnMut(&str)) -> DisconnectReason {
-        self.run_messages(|m| match m {
+    pub fn run(self, mut on_text: impl FnMut(&str)) -> impl Future<Output = DisconnectReason> {
+        self.run_messages(move |m| match m {
             Message::Text(text) => on_text(text),
             Message::Binary(_) => tracing::debug!("binary message ignored"),
         })
-        .await
     }
 
     /// [`Reading::run`], handing binary messages to `on` as well.
-    pub async fn run_messages(mut self, mut on_text: impl FnMut(Message<'_>)) -> DisconnectReason {
-        let socket = self.socket.clone();
-        let tcp = socket.tcp.clone();
-        let mut early = std::mem::take(&mut self.early);
-        if !early.is_empty()
-            && let Err(close) = self.frames(&mut early, &mut on_text)
-        {
-            socket.set_closing(close);
+    pub fn run_messages(mut self, mut on: impl FnMut(Message<'_>)) -> impl Future<Output = DisconnectReason> {
+        // An async block, not an async fn, so that `self` is kept once in the task, not also
+        // as the fn's argument.
+        async move {
+            let mut early = std::mem::take(&mut self.early);
+            if !early.is_empty()
+                && let Err(close) = self.frames(&mut early, &mut on)
+            {
+                self.socket.set_closing(close);
+            }
+            drop(early);
+            // Polled by hand rather than a `select!` over readiness futures: the task then
+            // keeps no future between two wake-ups.
+            let close = std::future::poll_fn(|cx| self.poll_run(cx, &mut on)).await;
+            let socket = &self.socket;
+            // Whatever ended the loop, later sends are refused from here on.
+            let close = *socket.state().closing.get_or_insert(close);
+            // Boxed: a future the task needs once would otherwise sit in every socket's task
+            // for all its life.
+            Box::pin(say_goodbye(socket, close)).await;
+            shutdown(&socket.tcp);
+            close.reason
         }
-        drop(early);
-        let idle = self.config.idle_timeout.unwrap_or(Duration::MAX);
-        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
-        let deadline = |from: Instant| from.checked_add(idle).unwrap_or_else(far);
-        let sleep = tokio::time::sleep_until(deadline(Instant::now()));
-        tokio::pin!(sleep);
-        let mut was_paused = false;
-        let close = loop {
-            let (closing, paused) = {
-                let st = socket.state();
-                (st.closing, st.paused)
-            };
-            if let Some(close) = closing {
-                break close;
-            }
-            if was_paused && !paused {
-                sleep.as_mut().reset(deadline(Instant::now()));
-            }
-            was_paused = paused;
-            let blocked = match socket.state().out.flush(&tcp) {
-                Ok(Flushed::Empty) => false,
-                Ok(Flushed::Blocked) => true,
-                Err(_) => break lost(DisconnectReason::TransportError),
-            };
-            tokio::select! {
-                ready = tcp.readable(), if !paused => {
-                    if ready.is_err() {
-                        break lost(DisconnectReason::TransportError);
-                    }
-                    match self.read_now(&mut on_text) {
-                        Ok(true) => sleep.as_mut().reset(deadline(Instant::now())),
-                        Ok(false) => {}
-                        Err(close) => break close,
-                    }
-                }
-                () = socket.wake.notified() => {}
-                ready = tcp.writable(), if blocked => {
-                    if ready.is_err() {
-                        break lost(DisconnectReason::TransportError);
-                    }
-                }
-                () = &mut sleep, if !paused => break Close {
-                    reason: DisconnectReason::IdleTimeout,
-                    code: Some(self.config.idle_code),
-                    text: "",
-                    flush: true,
-                },
-            }
-        };
-        // Whatever ended the loop, later sends are refused from here on.
-        let close = *socket.state().closing.get_or_insert(close);
-        say_goodbye(&socket, close).await;
-        shutdown(&tcp);
-        close.reason
     }
 
-    /// Reads every byte available now; whether any came.
-    fn read_now(&mut self, on_text: &mut impl FnMut(Message<'_>)) -> Result<bool, Close> {
-        let mut any = false;
+    /// Runs the socket until it closes: reads what the client sent, writes what is queued
+    /// when the socket takes it, and sleeps otherwise (woken by the socket's readiness, or by
+    /// a send that queued, a close, reading resumed).
+    fn poll_run(&mut self, cx: &mut Context<'_>, on: &mut impl FnMut(Message<'_>)) -> Poll<Close> {
+        let tcp = self.socket.tcp.clone();
+        loop {
+            let blocked = match self.socket.state().out.flush(&tcp) {
+                Ok(Flushed::Empty) => false,
+                Ok(Flushed::Blocked) => true,
+                Err(_) => return Poll::Ready(lost(DisconnectReason::TransportError)),
+            };
+            if blocked {
+                match tcp.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(_)) => return Poll::Ready(lost(DisconnectReason::TransportError)),
+                    Poll::Pending => {}
+                }
+            }
+            let paused = {
+                let mut st = self.socket.state();
+                if let Some(close) = st.closing {
+                    return Poll::Ready(close);
+                }
+                if !blocked && !st.out.queue.is_empty() {
+                    continue;
+                }
+                if !st.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.task = Some(cx.waker().clone());
+                }
+                st.paused
+            };
+            if paused {
+                return Poll::Pending;
+            }
+            match tcp.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Err(close) = self.read_now(on) {
+                        return Poll::Ready(close);
+                    }
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(lost(DisconnectReason::TransportError)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Reads every byte available now.
+    fn read_now(&mut self, on_text: &mut impl FnMut(Message<'_>)) -> Result<(), Close> {
         loop {
             let mut buf = [0u8; READ_CHUNK];
             match self.socket.tcp.try_read(&mut buf) {
                 Ok(0) => return Err(lost(DisconnectReason::TransportClose)),
                 Ok(n) => {
-                    any = true;
                     self.frames(&mut buf[..n], on_text)?;
                     // A paused or closing socket reads no further: what stays unread is the
                     // client's backpressure.
-                    let st = self.socket.state();
+                    let mut st = self.socket.state();
+                    st.last_read = Instant::now();
                     if st.paused || st.closing.is_some() {
-                        return Ok(true);
+                        return Ok(());
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(any),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(lost(DisconnectReason::TransportError)),
             }
@@ -416,7 +490,7 @@ impl Reading {
     fn frames(&mut self, data: &mut [u8], on_text: &mut impl FnMut(Message<'_>)) -> Result<(), Close> {
         let socket = &self.socket;
         let mut client_closed = None;
-        let fed = self.reader.feed(data, self.config.max_payload, &mut |m| match m {
+        let fed = self.reader.feed(data, self.max_payload, &mut |m| match m {
             // Messages after a close (the handler's own, or the client's) are not handled.
             Incoming::Text(text) if client_closed.is_none() && !socket.is_closed() => on_text(Message::Text(text)),
             Incoming::Binary(data) if client_closed.is_none() && !socket.is_closed() => on_text(Message::Binary(data)),

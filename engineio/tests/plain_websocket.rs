@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use engineio::net::{ClosableListener, ConnInfo};
-use engineio::websocket::{self, WsConfig};
+use engineio::websocket::{self, WsConfig, WsServer};
 use engineio::{DisconnectReason, Packet};
 use futures::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 const WAIT: Duration = Duration::from_secs(5);
 
 struct Echo {
-    config: WsConfig,
+    server: WsServer,
     closes: mpsc::UnboundedSender<DisconnectReason>,
 }
 
@@ -40,7 +40,7 @@ async fn echo(
         Err(e) => return e.status().into_response(),
     };
     tokio::spawn(async move {
-        let Some((socket, reading)) = upgrade.open(echo.config.clone()).await else {
+        let Some((socket, reading)) = upgrade.open(&echo.server).await else {
             return;
         };
         let reason = reading
@@ -87,7 +87,10 @@ impl Drop for Server {
 impl Server {
     async fn start(config: WsConfig) -> Res<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let state = Arc::new(Echo { config, closes: tx });
+        let state = Arc::new(Echo {
+            server: WsServer::new(config),
+            closes: tx,
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let app = Router::new()

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use engineio::net::ConnInfo;
-use engineio::websocket::{self, Reading, WebSocket, WsConfig};
+use engineio::websocket::{self, Reading, WebSocket, WsConfig, WsServer};
 use engineio::{DisconnectReason, Packet};
 use render::{Channel, Rendered};
 use shared::event::Message as ChatMessage;
@@ -49,7 +49,7 @@ struct Settings {
     jwt: JwtSettings,
     rate: RateLimit,
     node_id: NodeId,
-    websocket: WsConfig,
+    websocket: WsServer,
 }
 
 /// What the hub side knows of one local socket.
@@ -168,7 +168,7 @@ impl PhoenixAdapter {
                 jwt,
                 rate: config.socketio.rate_limit,
                 node_id: config.node_id.clone(),
-                websocket: WsConfig {
+                websocket: WsServer::new(WsConfig {
                     max_payload: usize::try_from(config.socketio.max_payload).unwrap_or(usize::MAX),
                     max_queue: config.socketio.max_outbound_queue.max(1),
                     idle_timeout: Some(config.phoenix_idle_timeout),
@@ -176,7 +176,7 @@ impl PhoenixAdapter {
                     // merely slow); a slow consumer to retry later and recover with lastSeq.
                     idle_code: GOING_AWAY,
                     slow_consumer_code: TRY_AGAIN_LATER,
-                },
+                }),
             },
             next_id: AtomicU64::new(1),
         }))
@@ -364,48 +364,79 @@ async fn upgrade(
     };
     let id = adapter.next_id.fetch_add(1, Ordering::Relaxed);
     let conn = ConnId(format!("{}:phx:{id}", adapter.settings.node_id));
-    let span = tracing::info_span!("phx_socket", conn = %conn, user = %who.user_id);
     let domain = adapter.domain.clone();
-    domain.spawn(
-        async move {
-            if let Some((socket, reading)) = upgrade.open(adapter.settings.websocket.clone()).await {
-                run(adapter, socket, reading, conn, who).await;
-            }
-        }
-        .instrument(span),
-    );
+    // The opening and the closing are boxed: they need far more room than the socket's life,
+    // which would otherwise be reserved in every socket's task while it lives.
+    let opening = Box::pin(open(adapter, upgrade, conn, who));
+    domain.spawn(async move {
+        let Some(Open { handle, reading, rate }) = opening.await else {
+            return;
+        };
+        let reason = reading.run(|text| read(&handle, &rate, text)).await;
+        Box::pin(close(handle, reason)).await;
+    });
     response
 }
 
-/// One socket, from upgrade to close: this is the socket's one task.
-async fn run(adapter: Arc<PhoenixAdapter>, socket: Arc<WebSocket>, reading: Reading, conn: ConnId, who: Identity) {
-    let handle = Arc::new(SocketHandle {
-        local: adapter.domain.local(conn),
-        outlet: adapter.outlet,
-        user: who.user_id.clone(),
-        joined: Mutex::default(),
-        inbox: Arc::new(Inbox::new(socket.clone())),
-        socket: socket.clone(),
-    });
-    adapter.domain.attach(&handle.local, handle.clone());
-    if let Err(e) = adapter.domain.connect(&handle.local, &who).await {
-        tracing::warn!(error = %e, "socket not registered");
-        METRICS.auth_failed(Protocol::Phoenix, e.code().as_str());
-        adapter.domain.detach(&handle.local).await;
-        socket.close_with(DisconnectReason::ServerClose, TRY_AGAIN_LATER, "unavailable", false);
-        reading.run(|_| {}).await;
-        return;
+/// A socket registered with the domain, and its reading side.
+struct Open {
+    handle: Arc<SocketHandle>,
+    reading: Reading,
+    rate: RateLimiter,
+}
+
+/// The span of one socket's opening and closing (events have their own, under the worker's).
+fn socket_span(conn: &ConnId, user: &UserId) -> tracing::Span {
+    tracing::info_span!("phx_socket", conn = %conn, user = %user)
+}
+
+/// Takes the connection over once the 101 went out, and registers the socket with the
+/// domain; `None` when the client went away or the socket could not be registered (it is
+/// closed then).
+async fn open(adapter: Arc<PhoenixAdapter>, upgrade: websocket::Upgrade, conn: ConnId, who: Identity) -> Option<Open> {
+    let span = socket_span(&conn, &who.user_id);
+    async move {
+        let (socket, reading) = upgrade.open(&adapter.settings.websocket).await?;
+        let handle = Arc::new(SocketHandle {
+            local: adapter.domain.local(conn),
+            outlet: adapter.outlet,
+            user: who.user_id.clone(),
+            joined: Mutex::default(),
+            inbox: Arc::new(Inbox::new(socket.clone())),
+            socket: socket.clone(),
+        });
+        adapter.domain.attach(&handle.local, handle.clone());
+        if let Err(e) = adapter.domain.connect(&handle.local, &who).await {
+            tracing::warn!(error = %e, "socket not registered");
+            METRICS.auth_failed(Protocol::Phoenix, e.code().as_str());
+            adapter.domain.detach(&handle.local).await;
+            socket.close_with(DisconnectReason::ServerClose, TRY_AGAIN_LATER, "unavailable", false);
+            reading.run(|_| {}).await;
+            return None;
+        }
+        let rate = adapter.domain.rate_limiter(adapter.settings.rate, Some(&handle.user));
+        handle
+            .inbox
+            .set_worker(worker::Worker::new(adapter, handle.clone(), who));
+        Some(Open { handle, reading, rate })
     }
-    handle
-        .inbox
-        .set_worker(worker::Worker::new(adapter.clone(), handle.clone(), who));
-    let rate = adapter.domain.rate_limiter(adapter.settings.rate, Some(&handle.user));
-    let reason = reading.run(|text| read(&handle, &rate, text)).await;
-    METRICS.disconnects.with_label_values(&[reason.label()]).inc();
-    if let Some(worker) = handle.inbox.stop().await {
-        worker.finish().await;
+    .instrument(span)
+    .await
+}
+
+/// After the socket closed: counts why, lets the worker finish what was queued, and takes the
+/// socket out of the hub and presence.
+async fn close(handle: Arc<SocketHandle>, reason: DisconnectReason) {
+    let span = socket_span(&handle.local.id, &handle.user);
+    async move {
+        METRICS.disconnects.with_label_values(&[reason.label()]).inc();
+        if let Some(worker) = handle.inbox.stop().await {
+            worker.finish().await;
+        }
+        tracing::debug!(reason = reason.label(), "socket closed");
     }
-    tracing::debug!(reason = reason.label(), "socket closed");
+    .instrument(span)
+    .await
 }
 
 /// One text frame from the client: a heartbeat is answered at once, the rest queued for the
@@ -415,7 +446,7 @@ fn read(handle: &Arc<SocketHandle>, rate: &RateLimiter, text: &str) {
         Ok(frame) => frame,
         Err(e) => {
             // Without a readable ref there is nobody to reply to.
-            tracing::debug!(error = %e, "malformed frame ignored");
+            tracing::debug!(conn = %handle.local.id, error = %e, "malformed frame ignored");
             METRICS.inbound_errors.with_label_values(&["bad_request"]).inc();
             return;
         }
