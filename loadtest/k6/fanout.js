@@ -150,7 +150,7 @@ export async function member() {
     for (let n = first; n <= K && missing.length < 10; n++) if (!seen.has(n)) missing.push(n);
     console.warn(`member ${i} (room ${room}, node ${target(i)}, joined ${joinedAt - publishStart} ms before publishing) lost ${lost}: n = ${missing.join(',')}; server pings ${sock.pings} in ${alive()}, connected ${sock.connected}, leaves heard ${leftSeen}`);
   }
-  // a baseline for the warnings above: server pings come every 5 s (Switchboard's pingInterval)
+  // a baseline for the warnings above: server pings come every 25 s (Switchboard's default pingInterval)
   if (i < 2 && lost === 0) console.log(`member ${i}: all ${K} received; server pings ${sock.pings} in ${alive()}`);
   sock.close();
 }

@@ -216,12 +216,12 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub max_outbound_queue: Option<String>,
 
-    /// Engine.IO ping interval, announced to clients as pingInterval [default: 5s]
+    /// Engine.IO ping interval, announced to clients as pingInterval [default: 25s]
     #[arg(long, global = true, env = "SWITCHBOARD_PING_INTERVAL", value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ping_interval: Option<String>,
 
-    /// Engine.IO ping timeout: a client silent this long after a ping is closed [default: 10s]
+    /// Engine.IO ping timeout: a client silent this long after a ping is closed [default: 20s]
     #[arg(long, global = true, env = "SWITCHBOARD_PING_TIMEOUT", value_name = "DURATION")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ping_timeout: Option<String>,

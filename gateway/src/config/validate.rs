@@ -116,8 +116,8 @@ impl Config {
             .ok_or_else(|| invalid("max-outbound-queue", "expected a positive integer"))?;
         let rate_limit = parse_rate_limit("rate-limit", o.rate_limit.as_deref().unwrap_or("50/s,burst=200"))?;
         let limits = limits(o, max_message_bytes)?;
-        let ping_interval = parse_duration("ping-interval", o.ping_interval.as_deref().unwrap_or("5s"))?;
-        let ping_timeout = parse_duration("ping-timeout", o.ping_timeout.as_deref().unwrap_or("10s"))?;
+        let ping_interval = parse_duration("ping-interval", o.ping_interval.as_deref().unwrap_or("25s"))?;
+        let ping_timeout = parse_duration("ping-timeout", o.ping_timeout.as_deref().unwrap_or("20s"))?;
         let connect_timeout = parse_duration("connect-timeout", o.connect_timeout.as_deref().unwrap_or("45s"))?;
         let max_connections = match o.max_connections.as_deref() {
             None => default_max_connections(),
