@@ -392,6 +392,7 @@ impl Reading {
     }
 
     /// [`Reading::run`], handing binary messages to `on` as well.
+    #[allow(clippy::manual_async_fn, reason = "an async fn would keep `self` twice in the task")]
     pub fn run_messages(mut self, mut on: impl FnMut(Message<'_>)) -> impl Future<Output = DisconnectReason> {
         // An async block, not an async fn, so that `self` is kept once in the task, not also
         // as the fn's argument.

@@ -300,7 +300,7 @@ impl Identity {
             _ => None,
         };
         Ok(Identity {
-            user_id: UserId(user_id),
+            user_id: UserId::from(user_id),
             admin: claims.get("admin") == Some(&Value::Bool(true)),
             conversations: conversations.map(|c| Arc::new(ConversationClaim::new(c))),
         })

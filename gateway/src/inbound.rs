@@ -43,22 +43,22 @@ fn scalar_id(field: &str, v: &Value) -> Result<String, DomainError> {
 
 /// A conversation id given as text (a REST path, a Phoenix topic).
 pub fn conversation_id(raw: &str) -> Result<ConversationId, DomainError> {
-    id("conversationId", raw).map(ConversationId)
+    id("conversationId", raw).map(ConversationId::from)
 }
 
 /// A user id given as text (a REST path).
 pub fn user_id(raw: &str) -> Result<UserId, DomainError> {
-    id("userId", raw).map(UserId)
+    id("userId", raw).map(UserId::from)
 }
 
 /// A user id given as a JSON value (a REST body's `userId`, `senderId`, `members`).
 pub fn user_value(field: &str, v: &Value) -> Result<UserId, DomainError> {
-    scalar_id(field, v).map(UserId)
+    scalar_id(field, v).map(UserId::from)
 }
 
 /// A conversation id given as a JSON value (`POST /api/conversations`' `id`).
 pub fn conversation_value(field: &str, v: &Value) -> Result<ConversationId, DomainError> {
-    scalar_id(field, v).map(ConversationId)
+    scalar_id(field, v).map(ConversationId::from)
 }
 
 /// The `members` of a new conversation: at most [`MAX_MEMBERS`] user ids.
@@ -77,9 +77,9 @@ pub fn conversation(v: &Value) -> Result<ConversationId, DomainError> {
                 .into_iter()
                 .find(|k| map.get(*k).is_some_and(|v| !v.is_null()))
                 .unwrap_or("conversationId");
-            scalar_id(field, map.get(field).unwrap_or(&Value::Null)).map(ConversationId)
+            scalar_id(field, map.get(field).unwrap_or(&Value::Null)).map(ConversationId::from)
         }
-        other => scalar_id("conversationId", other).map(ConversationId),
+        other => scalar_id("conversationId", other).map(ConversationId::from),
     }
 }
 
@@ -114,7 +114,7 @@ pub fn user(v: &Value) -> Result<UserId, DomainError> {
         Value::Object(map) => scalar_id("userId", map.get("userId").unwrap_or(&Value::Null)),
         other => scalar_id("userId", other),
     }
-    .map(UserId)
+    .map(UserId::from)
 }
 
 fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, DomainError> {
@@ -216,7 +216,7 @@ pub fn conversations(v: &Value) -> Result<Vec<ConversationId>, DomainError> {
         }
         Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
-            .map(|i| scalar_id("conversationIds", i).map(ConversationId))
+            .map(|i| scalar_id("conversationIds", i).map(ConversationId::from))
             .collect(),
         Some(Value::Array(_)) => Err(bad("conversationIds must not be empty")),
         Some(other) if !other.is_null() => Err(bad("conversationIds must be an array")),

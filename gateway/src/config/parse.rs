@@ -125,5 +125,5 @@ pub(super) fn default_node_id() -> NodeId {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "node".into());
     let suffix: u32 = rand::random();
-    NodeId(format!("{host}-{:06x}", suffix & 0xff_ffff))
+    NodeId::from(format!("{host}-{:06x}", suffix & 0xff_ffff))
 }

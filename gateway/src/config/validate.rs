@@ -142,7 +142,7 @@ impl Config {
 
         let node_id = match &o.node_id {
             Some(id) if id.trim().is_empty() => return Err(invalid("node-id", "must not be empty")),
-            Some(id) => NodeId(id.clone()),
+            Some(id) => NodeId::from(id.clone()),
             None => default_node_id(),
         };
         let log_format = match o.log_format.as_deref().unwrap_or("text") {

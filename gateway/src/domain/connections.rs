@@ -76,7 +76,7 @@ impl Domain {
                 .conversations_of(&who.user_id)
                 .await?
                 .into_iter()
-                .map(|c| c.0)
+                .map(|c| c.0.to_string())
                 .collect(),
             _ => who
                 .conversations
@@ -322,7 +322,7 @@ impl Domain {
                 .iter()
                 .flat_map(|claim| claim.entries())
                 .filter(|e| !e.contains(['*', '?', '[', '{']))
-                .map(|e| ConversationId(e.clone()))
+                .map(|e| ConversationId::from(e.clone()))
                 .collect(),
             AccessMode::Open => Vec::new(),
         };

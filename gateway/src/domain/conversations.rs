@@ -27,7 +27,7 @@ impl Domain {
         title: Option<String>,
         members: Vec<UserId>,
     ) -> Result<Conversation, DomainError> {
-        let id = id.unwrap_or_else(|| ConversationId(uuid::Uuid::now_v7().to_string()));
+        let id = id.unwrap_or_else(|| ConversationId::from(uuid::Uuid::now_v7().to_string()));
         let mut members = members;
         members.sort();
         members.dedup();

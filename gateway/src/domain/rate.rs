@@ -169,7 +169,7 @@ mod tests {
     async fn full_buckets_are_forgotten() {
         let users = UserBuckets::new(rate(10.0, 2));
         for n in 0..(SHARDS * PRUNE_AT * 3) {
-            assert!(users.allow(&UserId(format!("u{n}"))));
+            assert!(users.allow(&UserId::from(format!("u{n}"))));
             if n % 1000 == 0 {
                 tokio::time::advance(Duration::from_secs(1)).await;
             }

@@ -229,7 +229,10 @@ pub(super) async fn send_message(
         return Err(DomainError::BadRequest("body must be a JSON object".into()).into());
     };
     // The path names the conversation, whatever the body says.
-    map.insert("conversationId".into(), Value::String(inbound::conversation_id(&id)?.0));
+    map.insert(
+        "conversationId".into(),
+        Value::String(inbound::conversation_id(&id)?.0.to_string()),
+    );
     let sender = match (&caller, map.get("senderId")) {
         (Caller::User(who), _) => who.clone(),
         (Caller::Server, Some(v)) if !v.is_null() => Identity {

@@ -48,8 +48,8 @@ impl TopicKind {
             )));
         }
         Ok(Some(match kind {
-            "user" => Self::User(UserId(id)),
-            _ => Self::Conversation(ConversationId(id)),
+            "user" => Self::User(UserId::from(id)),
+            _ => Self::Conversation(ConversationId::from(id)),
         }))
     }
 }

@@ -363,7 +363,7 @@ async fn upgrade(
         }
     };
     let id = adapter.next_id.fetch_add(1, Ordering::Relaxed);
-    let conn = ConnId(format!("{}:phx:{id}", adapter.settings.node_id));
+    let conn = ConnId::from(format!("{}:phx:{id}", adapter.settings.node_id));
     let domain = adapter.domain.clone();
     // The opening and the closing are boxed: they need far more room than the socket's life,
     // which would otherwise be reserved in every socket's task while it lives.

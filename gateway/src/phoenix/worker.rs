@@ -94,7 +94,7 @@ fn translate(payload: &Value, conversation: Option<&ConversationId>) -> Value {
         }
     }
     if let Some(c) = conversation {
-        out.insert("conversationId".into(), Value::String(c.0.clone()));
+        out.insert("conversationId".into(), Value::String(c.0.to_string()));
     }
     Value::Object(out)
 }

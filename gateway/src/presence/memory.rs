@@ -61,7 +61,7 @@ fn push_small<T>(v: &mut Vec<T>, item: T) {
 
 /// Whether `user` has a connection in `roster`: its keys start with the user.
 fn has_user(roster: &Roster, user: &UserId) -> bool {
-    let from = (user.clone(), ConnId(String::new()));
+    let from = (user.clone(), ConnId::from(String::new()));
     roster
         .range((Bound::Included(from), Bound::Unbounded))
         .next()
@@ -219,7 +219,7 @@ impl Presence for MemoryPresence {
         let roster = s.rosters.entry(conversation.clone()).or_default();
         let first = !has_user(roster, &user);
         roster.insert((user.clone(), conn.clone()), since);
-        s.add_circle(&user, conversation.0.clone());
+        s.add_circle(&user, conversation.0.to_string());
         Ok(Change {
             connection: true,
             user: first,

@@ -343,7 +343,7 @@ pub(crate) mod tests {
         seen.dedup();
         let rooms: Vec<String> = seen
             .into_iter()
-            .map(|c| c.0)
+            .map(|c| c.0.to_string())
             .filter(|c| c.starts_with("room-"))
             .collect();
         assert_eq!(rooms, (0..25).map(|n| format!("room-{n:02}")).collect::<Vec<_>>());

@@ -319,7 +319,7 @@ impl SocketIoAdapter {
         };
         let sid = engineio::random_id();
         // One Engine.IO session carries a socket per namespace.
-        let id = ConnId(format!("{}:{}:{}", self.ctx.node_id, ns_name, sid));
+        let id = ConnId::from(format!("{}:{}:{}", self.ctx.node_id, ns_name, sid));
         let socket = Arc::new(SioSocket {
             ns,
             outlet: self.outlets.get(usize::from(ns)).copied().unwrap_or(usize::MAX),

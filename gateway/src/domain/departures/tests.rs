@@ -187,7 +187,7 @@ async fn losing_redis_data_registers_again_in_chunks_without_a_false_offline() -
             let a = &a;
             async move {
                 let conn: shared::ConnId = format!("a:/:{i}").into();
-                a.presence.connect(entry(conn.0.clone(), format!("u{i}"))).await?;
+                a.presence.connect(entry(conn.0.to_string(), format!("u{i}"))).await?;
                 for room in ["r0", "r1", "r2"] {
                     a.presence.join(&conn, &room.into(), chrono::Utc::now()).await?;
                 }

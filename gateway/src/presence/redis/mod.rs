@@ -93,7 +93,7 @@ impl RedisPresence {
         presence.load().await?;
         let started = presence.started_at.to_rfc3339();
         let ttl_ms = presence.ttl_ms();
-        let args = [presence.node_id.0.as_str(), &presence.incarnation, &ttl_ms, &started];
+        let args = [presence.node_id.as_str(), &presence.incarnation, &ttl_ms, &started];
         let previous = int(&presence.call("sb_start", &args).await?);
         if previous > 0 {
             tracing::warn!(
@@ -264,7 +264,7 @@ impl Presence for RedisPresence {
         at: DateTime<Utc>,
     ) -> Result<Change, PresenceError> {
         let since = at.timestamp_millis().to_string();
-        let args = [self.node_id.0.as_str(), &conn.0, &conversation.0, &since];
+        let args = [self.node_id.as_str(), &conn.0, &conversation.0, &since];
         let mut answer = self.call_join(conn, conversation, &args).await?;
         if !answer.1 && self.local().conns.contains_key(conn) {
             // Redis lost this live connection (a flush before the next heartbeat): register it
@@ -392,8 +392,8 @@ impl Presence for RedisPresence {
             .filter_map(|row| {
                 let row = items(row);
                 Some(RosterEntry {
-                    conn_id: ConnId(string(row.first()?)),
-                    user_id: UserId(string(row.get(1)?)),
+                    conn_id: ConnId::from(string(row.first()?)),
+                    user_id: UserId::from(string(row.get(1)?)),
                     status: status(row.get(2)?),
                     since: time_ms(int(row.get(3)?))?,
                 })
@@ -414,12 +414,12 @@ impl Presence for RedisPresence {
             .filter_map(|row| {
                 let row = items(row);
                 let entry = RosterEntry {
-                    conn_id: ConnId(string(row.get(1)?)),
+                    conn_id: ConnId::from(string(row.get(1)?)),
                     user_id: user.clone(),
                     status: shown,
                     since: time_ms(int(row.get(2)?))?,
                 };
-                Some((ConversationId(string(row.first()?)), entry))
+                Some((ConversationId::from(string(row.first()?)), entry))
             })
             .collect();
         entries.sort_by(|(a, x), (b, y)| (a, &x.conn_id).cmp(&(b, &y.conn_id)));
@@ -437,7 +437,7 @@ impl Presence for RedisPresence {
                 let row = items(row);
                 let get = |i: usize| row.get(i).map(int).unwrap_or(0).max(0) as usize;
                 NodeStats {
-                    node_id: NodeId(row.first().map(string).unwrap_or_default()),
+                    node_id: NodeId::from(row.first().map(string).unwrap_or_default()),
                     connections: get(1),
                     users: get(2),
                     rooms: get(3),

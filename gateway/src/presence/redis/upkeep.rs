@@ -28,14 +28,14 @@ struct Registration {
 
 impl Registration {
     fn push_args(&self, args: &mut Vec<String>) {
-        args.push(self.conn.0.clone());
-        args.push(self.user.0.clone());
+        args.push(self.conn.0.to_string());
+        args.push(self.user.0.to_string());
         args.push(self.status.as_str().to_owned());
         args.push(self.circles.len().to_string());
         args.extend(self.circles.iter().cloned());
         args.push(self.joined.len().to_string());
         for (conv, since) in &self.joined {
-            args.push(conv.0.clone());
+            args.push(conv.0.to_string());
             args.push(since.to_string());
         }
     }
@@ -56,7 +56,7 @@ impl RedisPresence {
         }
         let started = self.started_at.to_rfc3339();
         let ttl = self.ttl_ms();
-        let args = [self.node_id.0.as_str(), &self.incarnation, &ttl, &started];
+        let args = [self.node_id.as_str(), &self.incarnation, &ttl, &started];
         if int(&self.call("sb_heartbeat", &args).await?) == 1 {
             self.register_again().await?;
         }
@@ -162,7 +162,7 @@ impl RedisPresence {
             if self.local().conns.contains_key(&conn) {
                 continue;
             }
-            let args = [self.node_id.0.as_str(), &conn.0, &linger];
+            let args = [self.node_id.as_str(), &conn.0, &linger];
             if self.call("sb_disconnect", &args).await.is_err() {
                 self.local().pending_drops.push(conn);
             }
@@ -176,7 +176,7 @@ impl RedisPresence {
             if joined {
                 continue;
             }
-            let args = [self.node_id.0.as_str(), &conn.0, &conv.0];
+            let args = [self.node_id.as_str(), &conn.0, &conv.0];
             if self.call("sb_leave", &args).await.is_err() {
                 self.local().pending_leaves.push((conn, conv));
             }
@@ -189,7 +189,7 @@ impl RedisPresence {
 
     pub(super) async fn claim(&self) -> Result<Vec<Claim>, PresenceError> {
         let limit = CLAIM_LIMIT.to_string();
-        let args = [self.node_id.0.as_str(), &self.lease_ms(), &limit];
+        let args = [self.node_id.as_str(), &self.lease_ms(), &limit];
         Ok(strings::<String>(self.call("sb_claim", &args).await?)
             .into_iter()
             .map(Claim)
@@ -208,11 +208,11 @@ impl RedisPresence {
             .into_iter()
             .map(|row| {
                 let mut row = items(row).into_iter();
-                let user = UserId(row.next().map(|u| string(&u)).unwrap_or_default());
+                let user = UserId::from(row.next().map(|u| string(&u)).unwrap_or_default());
                 let left = row.next().map(strings).unwrap_or_default();
                 let offline = row.next().map(|o| int(&o)) == Some(1);
                 let circles = row.next().map(strings).unwrap_or_default();
-                let conn = ConnId(row.next().map(|c| string(&c)).unwrap_or_default());
+                let conn = ConnId::from(row.next().map(|c| string(&c)).unwrap_or_default());
                 let joined = row.next().map(strings).unwrap_or_default();
                 let status = row.next().map(|s| status(&s)).unwrap_or_default();
                 Departure {
@@ -252,7 +252,7 @@ impl RedisPresence {
             .map(|row| {
                 let mut row = items(row).into_iter();
                 Lingered {
-                    user: UserId(row.next().map(|u| string(&u)).unwrap_or_default()),
+                    user: UserId::from(row.next().map(|u| string(&u)).unwrap_or_default()),
                     visible: row.next().map(|v| int(&v)) == Some(1),
                     circles: row.next().map(strings).unwrap_or_default(),
                 }

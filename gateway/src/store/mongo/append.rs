@@ -53,9 +53,9 @@ impl Insert for MongoStore {
         let at = Utc::now().timestamp_millis();
         let mut message = MessageDoc {
             id: uuid::Uuid::now_v7().to_string(),
-            conversation_id: new.conversation_id.0.clone(),
+            conversation_id: new.conversation_id.0.to_string(),
             seq: 0,
-            sender_id: new.sender_id.0.clone(),
+            sender_id: new.sender_id.0.to_string(),
             content: new.content.clone(),
             kind: new.kind.clone(),
             attachments: new.attachments.clone(),
@@ -111,8 +111,8 @@ impl MongoStore {
         };
         self.messages
             .find_one(doc! {
-                "conversation_id": &message.conversation_id.0,
-                "sender_id": &message.sender_id.0,
+                "conversation_id": message.conversation_id.as_str(),
+                "sender_id": message.sender_id.as_str(),
                 "client_ref": client_ref,
             })
             .await

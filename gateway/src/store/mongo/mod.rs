@@ -103,8 +103,8 @@ impl MessageDoc {
     fn into_message(self) -> Message {
         Message {
             id: self.id,
-            conversation_id: ConversationId(self.conversation_id),
-            sender_id: UserId(self.sender_id),
+            conversation_id: ConversationId::from(self.conversation_id),
+            sender_id: UserId::from(self.sender_id),
             content: self.content,
             kind: self.kind,
             attachments: self.attachments,
@@ -283,7 +283,7 @@ impl MongoStore {
         seq: i64,
         at: i64,
     ) -> Result<(), StoreError> {
-        let filter = doc! { "conversation_id": &conversation.0, "user_id": &user.0 };
+        let filter = doc! { "conversation_id": conversation.as_str(), "user_id": user.as_str() };
         let update = doc! { "$max": { "read_seq": seq }, "$set": { "at": at } };
         match self
             .read_marks
@@ -343,7 +343,7 @@ impl MessageStore for MongoStore {
             let found: Vec<MessageDoc> = self
                 .messages
                 .find(doc! {
-                    "conversation_id": &conversation.0,
+                    "conversation_id": conversation.as_str(),
                     "seq": { "$gt": window.after, "$lt": window.before },
                 })
                 .sort(doc! { "seq": if window.forward { 1 } else { -1 } })
@@ -367,7 +367,7 @@ impl MessageStore for MongoStore {
     ) -> Result<bool, StoreError> {
         bounded(async {
             let at = at.timestamp_millis();
-            let key = doc! { "message_id": &message.id, "user_id": &user.0, "status": status.as_str() };
+            let key = doc! { "message_id": &message.id, "user_id": user.as_str(), "status": status.as_str() };
             let recorded = Self::insert_once(&self.receipts, key, at).await?;
             if status == ReceiptStatus::Read {
                 self.raise_read_mark(&message.conversation_id, user, message.seq, at)
@@ -396,15 +396,15 @@ impl MessageStore for MongoStore {
         bounded(async {
             let mark = self
                 .read_marks
-                .find_one(doc! { "conversation_id": &conversation.0, "user_id": &user.0 })
+                .find_one(doc! { "conversation_id": conversation.as_str(), "user_id": user.as_str() })
                 .await
                 .map_err(unavailable)?;
             let read_seq = as_i64(mark.as_ref().and_then(|m| m.get("read_seq"))).unwrap_or(0);
             let count = self
                 .messages
                 .count_documents(doc! {
-                    "conversation_id": &conversation.0,
-                    "sender_id": { "$ne": &user.0 },
+                    "conversation_id": conversation.as_str(),
+                    "sender_id": { "$ne": user.as_str() },
                     "seq": { "$gt": read_seq },
                 })
                 .await
@@ -416,7 +416,7 @@ impl MessageStore for MongoStore {
 
     async fn react(&self, message: &Message, user: &UserId, reaction: &str, add: bool) -> Result<bool, StoreError> {
         bounded(async {
-            let key = doc! { "message_id": &message.id, "user_id": &user.0, "reaction": reaction };
+            let key = doc! { "message_id": &message.id, "user_id": user.as_str(), "reaction": reaction };
             if add {
                 Self::insert_once(&self.reactions, key, Utc::now().timestamp_millis()).await
             } else {

@@ -183,7 +183,7 @@ impl SqlStore {
             "INSERT INTO conversations (id, title, created_at, last_seq) VALUES ($1, NULL, $2, 0) \
              ON CONFLICT (id) DO NOTHING",
         )
-        .bind(&conversation.0)
+        .bind(conversation.as_str())
         .bind(at)
         .execute(&self.pool)
         .await?;
@@ -196,8 +196,8 @@ impl SqlStore {
         let new = p.new;
         let row = sqlx::query(INSERT_POSTGRES)
             .bind(&p.id)
-            .bind(&new.conversation_id.0)
-            .bind(&new.sender_id.0)
+            .bind(new.conversation_id.as_str())
+            .bind(new.sender_id.as_str())
             .bind(&new.content)
             .bind(&new.kind)
             .bind(&p.attachments)
@@ -216,7 +216,7 @@ impl SqlStore {
         let _writer = self.sqlite_writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let Some(row) = sqlx::query(RAISE_SQLITE)
-            .bind(&new.conversation_id.0)
+            .bind(new.conversation_id.as_str())
             .fetch_optional(&mut *tx)
             .await?
         else {
@@ -225,9 +225,9 @@ impl SqlStore {
         let seq: i64 = row.try_get(0)?;
         sqlx::query(INSERT_SQLITE)
             .bind(&p.id)
-            .bind(&new.conversation_id.0)
+            .bind(new.conversation_id.as_str())
             .bind(seq)
-            .bind(&new.sender_id.0)
+            .bind(new.sender_id.as_str())
             .bind(&new.content)
             .bind(&new.kind)
             .bind(&p.attachments)

@@ -18,7 +18,7 @@ impl ConversationStore for SqlStore {
         let at = Utc::now().timestamp_millis();
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let created = sqlx::query("INSERT INTO conversations (id, title, created_at, last_seq) VALUES ($1, $2, $3, 0)")
-            .bind(&id.0)
+            .bind(id.as_str())
             .bind(title)
             .bind(at)
             .execute(&mut *tx)
@@ -33,8 +33,8 @@ impl ConversationStore for SqlStore {
                 "INSERT INTO members (conversation_id, user_id, added_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (conversation_id, user_id) DO NOTHING",
             )
-            .bind(&id.0)
-            .bind(&user.0)
+            .bind(id.as_str())
+            .bind(user.as_str())
             .bind(at)
             .execute(&mut *tx)
             .await
@@ -48,7 +48,7 @@ impl ConversationStore for SqlStore {
 
     async fn get(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
         let Some(row) = sqlx::query("SELECT id, title, created_at, last_seq FROM conversations WHERE id = $1")
-            .bind(&id.0)
+            .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?
@@ -56,12 +56,12 @@ impl ConversationStore for SqlStore {
             return Ok(None);
         };
         let members = sqlx::query("SELECT user_id FROM members WHERE conversation_id = $1 ORDER BY user_id")
-            .bind(&id.0)
+            .bind(id.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?
             .iter()
-            .filter_map(|r| r.try_get::<String, _>(0).ok().map(UserId))
+            .filter_map(|r| r.try_get::<String, _>(0).ok().map(UserId::from))
             .collect();
         let read = |e: sqlx::Error| StoreError::Unavailable(format!("unreadable conversation row: {e}"));
         Ok(Some(Conversation {
@@ -78,8 +78,8 @@ impl ConversationStore for SqlStore {
             "SELECT (SELECT COUNT(*) FROM conversations WHERE id = $1), \
              (SELECT COUNT(*) FROM members WHERE conversation_id = $1 AND user_id = $2)",
         )
-        .bind(&id.0)
-        .bind(&user.0)
+        .bind(id.as_str())
+        .bind(user.as_str())
         .fetch_one(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -96,8 +96,8 @@ impl ConversationStore for SqlStore {
             "INSERT INTO members (conversation_id, user_id, added_at) VALUES ($1, $2, $3) \
              ON CONFLICT (conversation_id, user_id) DO NOTHING",
         )
-        .bind(&id.0)
-        .bind(&user.0)
+        .bind(id.as_str())
+        .bind(user.as_str())
         .bind(Utc::now().timestamp_millis())
         .execute(&self.pool)
         .await
@@ -110,8 +110,8 @@ impl ConversationStore for SqlStore {
             return Err(StoreError::NoConversation(id.clone()));
         }
         let done = sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
-            .bind(&id.0)
-            .bind(&user.0)
+            .bind(id.as_str())
+            .bind(user.as_str())
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -121,12 +121,12 @@ impl ConversationStore for SqlStore {
     async fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, StoreError> {
         Ok(
             sqlx::query("SELECT conversation_id FROM members WHERE user_id = $1 ORDER BY conversation_id")
-                .bind(&user.0)
+                .bind(user.as_str())
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?
                 .iter()
-                .filter_map(|r| r.try_get::<String, _>(0).ok().map(ConversationId))
+                .filter_map(|r| r.try_get::<String, _>(0).ok().map(ConversationId::from))
                 .collect(),
         )
     }

@@ -66,8 +66,8 @@ fn message_row(row: &AnyRow) -> Result<Message, StoreError> {
     let metadata: Option<String> = row.try_get("metadata").map_err(get_err)?;
     Ok(Message {
         id: row.try_get("id").map_err(get_err)?,
-        conversation_id: ConversationId(row.try_get("conversation_id").map_err(get_err)?),
-        sender_id: UserId(row.try_get("sender_id").map_err(get_err)?),
+        conversation_id: ConversationId::from(row.try_get::<String, _>("conversation_id").map_err(get_err)?),
+        sender_id: UserId::from(row.try_get::<String, _>("sender_id").map_err(get_err)?),
         content: row.try_get("content").map_err(get_err)?,
         kind: row.try_get("kind").map_err(get_err)?,
         attachments: serde_json::from_str(&attachments).unwrap_or_default(),
@@ -85,8 +85,8 @@ impl SqlStore {
             return Ok(None);
         };
         let row = sqlx::query(MESSAGE_BY_CLIENT_REF)
-            .bind(&message.conversation_id.0)
-            .bind(&message.sender_id.0)
+            .bind(message.conversation_id.as_str())
+            .bind(message.sender_id.as_str())
             .bind(client_ref)
             .fetch_optional(&self.pool)
             .await
@@ -158,8 +158,8 @@ impl SqlStore {
              read_seq = CASE WHEN read_marks.read_seq < excluded.read_seq THEN excluded.read_seq ELSE read_marks.read_seq END, \
              at = excluded.at",
         )
-        .bind(&conversation.0)
-        .bind(&user.0)
+        .bind(conversation.as_str())
+        .bind(user.as_str())
         .bind(seq)
         .bind(at)
         .execute(&self.pool)
@@ -191,7 +191,7 @@ impl MessageStore for SqlStore {
         } else {
             HISTORY_BACKWARD
         })
-        .bind(&conversation.0)
+        .bind(conversation.as_str())
         .bind(window.after)
         .bind(window.before)
         .bind(window.fetch())
@@ -214,7 +214,7 @@ impl MessageStore for SqlStore {
              ON CONFLICT (message_id, user_id, status) DO NOTHING",
         )
         .bind(&message.id)
-        .bind(&user.0)
+        .bind(user.as_str())
         .bind(status.as_str())
         .bind(at)
         .execute(&self.pool)
@@ -229,7 +229,7 @@ impl MessageStore for SqlStore {
 
     async fn mark_all_read(&self, conversation: &ConversationId, user: &UserId) -> Result<(), StoreError> {
         let last: Option<i64> = sqlx::query("SELECT last_seq FROM conversations WHERE id = $1")
-            .bind(&conversation.0)
+            .bind(conversation.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?
@@ -246,8 +246,8 @@ impl MessageStore for SqlStore {
             "SELECT COUNT(*) FROM messages WHERE conversation_id = $1 AND sender_id <> $2 AND seq > \
              COALESCE((SELECT read_seq FROM read_marks WHERE conversation_id = $1 AND user_id = $2), 0)",
         )
-        .bind(&conversation.0)
-        .bind(&user.0)
+        .bind(conversation.as_str())
+        .bind(user.as_str())
         .fetch_one(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -261,13 +261,13 @@ impl MessageStore for SqlStore {
                  ON CONFLICT (message_id, user_id, reaction) DO NOTHING",
             )
             .bind(&message.id)
-            .bind(&user.0)
+            .bind(user.as_str())
             .bind(reaction)
             .bind(Utc::now().timestamp_millis())
         } else {
             sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND reaction = $3")
                 .bind(&message.id)
-                .bind(&user.0)
+                .bind(user.as_str())
                 .bind(reaction)
         };
         let done = query.execute(&self.pool).await.map_err(unavailable)?;

@@ -171,7 +171,7 @@ async fn batches_conform(a: &SqlStore, b: &SqlStore) -> Result<(), StoreError> {
     for (c, mut seqs) in seqs {
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=40).collect::<Vec<i64>>());
-        let conversation = ConversationId(format!("burst{c}"));
+        let conversation = ConversationId::from(format!("burst{c}"));
         let page = a
             .history(
                 &conversation,
@@ -215,7 +215,7 @@ async fn batches_conform(a: &SqlStore, b: &SqlStore) -> Result<(), StoreError> {
     for c in 0..7 {
         let page = a
             .history(
-                &ConversationId(format!("ring{c}")),
+                &ConversationId::from(format!("ring{c}")),
                 HistoryQuery {
                     before: None,
                     after: None,
