@@ -7,6 +7,11 @@
 //! non-empty slot, visits its connections and files each under the deadline the visit
 //! returns. A deadline that moves in between costs nothing until its old slot comes: the
 //! connection's own state says whether it is due, and the wheel only asks.
+//!
+//! The wheel holds its connections weakly and never searches its slots: a closed connection
+//! is dropped, but its allocation is freed only when its slot comes (at most an interval, or
+//! an idle timeout, later). Under a reconnect storm that is the closed connections of one
+//! interval, a few hundred bytes each.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
