@@ -12,6 +12,7 @@ use crate::net::TcpConn;
 use crate::outbox::{Outbox, Pushed};
 use crate::packet::Packet;
 use crate::stats;
+use crate::timers::after;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
 use tokio::sync::Notify;
@@ -45,6 +46,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Forgets the WebSocket task, which ended (its waker would keep it allocated).
+    pub(crate) fn unpark(&mut self) {
+        self.task = None;
+    }
+
     /// Has the WebSocket task woken by [`Session::wake_writer`]; with the state locked, so
     /// that no wake between the task's last look and this goes unseen.
     pub(crate) fn park(&mut self, cx: &Context<'_>) {
@@ -95,7 +101,10 @@ impl<D> Session<D> {
                     // clients that connected together (a reconnect storm, a load test) would
                     // otherwise be pinged together, every interval, for as long as they stay.
                     // Never later than the reference server's, which a client may time.
-                    next: Instant::now() + config.ping_interval.mul_f64(rand::random_range(0.5..=0.9)),
+                    next: after(
+                        Instant::now(),
+                        config.ping_interval.mul_f64(rand::random_range(0.5..=0.9)),
+                    ),
                     awaiting_pong: false,
                 },
                 task: None,
@@ -236,7 +245,7 @@ impl<D> Session<D> {
         let mut st = self.state();
         if st.heartbeat.awaiting_pong {
             st.heartbeat.awaiting_pong = false;
-            st.heartbeat.next = Instant::now() + config.ping_interval;
+            st.heartbeat.next = after(Instant::now(), config.ping_interval);
             let polling = matches!(st.transport, Transport::Polling);
             drop(st);
             if polling {
@@ -256,13 +265,13 @@ impl<D> Session<D> {
         if st.heartbeat.awaiting_pong {
             if st.paused {
                 // The pong may sit unread behind the backpressure: not the client's fault.
-                st.heartbeat.next = now + config.ping_timeout;
+                st.heartbeat.next = after(now, config.ping_timeout);
                 return Ok(st.heartbeat.next);
             }
             return Err(DisconnectReason::HeartbeatTimeout);
         }
         st.heartbeat.awaiting_pong = true;
-        st.heartbeat.next = now + config.ping_timeout;
+        st.heartbeat.next = after(now, config.ping_timeout);
         let next = st.heartbeat.next;
         drop(st);
         static PING: LazyLock<Packet> = LazyLock::new(|| Packet::new(b"2"));

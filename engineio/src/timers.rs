@@ -70,7 +70,11 @@ impl<T: Send + Sync + 'static> Wheel<T> {
         let tick = self.shared.tick_of(at);
         let mut slots = self.shared.slots();
         slots.by_tick.entry(tick).or_default().push(Arc::downgrade(entry));
-        if slots.task.is_none() {
+        if slots.task.as_ref().is_none_or(AbortHandle::is_finished) {
+            if slots.task.is_some() {
+                // Only a panic in a visit ends it: keep the deadlines of the others.
+                tracing::warn!("a timer wheel's task ended; restarted");
+            }
             slots.task = Some(tokio::spawn(run(self.shared.clone())).abort_handle());
         }
         if slots.sleeping_until.is_none_or(|until| tick < until) {
@@ -93,19 +97,32 @@ impl<T> Shared<T> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The first tick at or after `at`.
+    /// The first tick at or after `at`: a deadline's slot (never early).
     fn tick_of(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.origin).as_nanos();
-        let tick = self.tick.as_nanos();
-        u64::try_from(since.div_ceil(tick)).unwrap_or(u64::MAX)
+        u64::try_from(since.div_ceil(self.tick.as_nanos())).unwrap_or(u64::MAX)
+    }
+
+    /// The last tick at or before `now`: the slots up to it are due.
+    fn ticks_passed(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.origin).as_nanos();
+        u64::try_from(since / self.tick.as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn instant_of(&self, tick: u64) -> Instant {
-        let offset = self.tick.saturating_mul(u32::try_from(tick).unwrap_or(u32::MAX));
-        self.origin
-            .checked_add(offset)
-            .unwrap_or_else(|| self.origin + Duration::from_secs(86_400 * 365))
+        let nanos = self.tick.as_nanos().saturating_mul(u128::from(tick));
+        after(
+            self.origin,
+            Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)),
+        )
     }
+}
+
+/// `from + by`, or a year from now where that overflows (a configured timeout of
+/// `Duration::MAX` means never).
+pub(crate) fn after(from: Instant, by: Duration) -> Instant {
+    from.checked_add(by)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
 }
 
 /// The wheel's task: sleeps until the first filled slot, visits what is due, files the
@@ -114,17 +131,17 @@ async fn run<T>(wheel: Arc<Shared<T>>) {
     let mut due = Vec::new();
     loop {
         let now = Instant::now();
-        let now_tick = wheel.tick_of(now);
+        let now_tick = wheel.ticks_passed(now);
         {
             let mut slots = wheel.slots();
             // Every slot up to now: the later ones stay.
-            let later = slots.by_tick.split_off(&(now_tick + 1));
+            let later = slots.by_tick.split_off(&now_tick.saturating_add(1));
             let past = std::mem::replace(&mut slots.by_tick, later);
             due.extend(past.into_values().flatten());
         }
         for entry in due.drain(..).filter_map(|w| w.upgrade()) {
             if let Some(at) = (wheel.visit)(&entry, now) {
-                let tick = wheel.tick_of(at).max(now_tick + 1);
+                let tick = wheel.tick_of(at).max(now_tick.saturating_add(1));
                 wheel
                     .slots()
                     .by_tick
@@ -214,6 +231,24 @@ mod tests {
             );
             expected = at + Duration::from_millis(100);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_wake_up_takes_only_the_slots_that_passed() {
+        let w = wheel(Duration::from_millis(10));
+        let due = probe(Duration::ZERO, 1);
+        let next = probe(Duration::ZERO, 1);
+        let start = Instant::now();
+        w.insert(&due, start + Duration::from_millis(55));
+        w.insert(&next, start + Duration::from_millis(65));
+        // The task wakes 3 ms after the first slot (60 ms), as a busy runtime would.
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(63)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(visits(&due).len(), 1);
+        assert!(visits(&next).is_empty(), "the 70 ms slot was taken at 63 ms");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(visits(&next).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,7 @@ use crate::net::TcpConn;
 use crate::outbox::{Flushed, Outbox, Pushed};
 use crate::packet::Packet;
 use crate::stats;
-use crate::timers::Wheel;
+use crate::timers::{Wheel, after};
 use crate::transport::ws::{READ_CHUNK, drain_upgraded, handshake_accept, shutdown};
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -105,11 +105,7 @@ impl WsServer {
                     return None;
                 }
                 // A paused socket reads nothing: its client is not idle, the handler is busy.
-                let due = if st.paused {
-                    now + timeout
-                } else {
-                    st.last_read + timeout
-                };
+                let due = after(if st.paused { now } else { st.last_read }, timeout);
                 if due > now {
                     return Some(due);
                 }
@@ -215,7 +211,7 @@ impl Upgrade {
             socket.close_now(reason, None);
         }
         if let (Some(idle), Some(timeout)) = (&server.idle, config.idle_timeout) {
-            idle.insert(&socket, Instant::now() + timeout);
+            idle.insert(&socket, after(Instant::now(), timeout));
         }
         let reading = Reading {
             socket: socket.clone(),
@@ -408,6 +404,8 @@ impl Reading {
             // keeps no future between two wake-ups.
             let close = std::future::poll_fn(|cx| self.poll_run(cx, &mut on)).await;
             let socket = &self.socket;
+            // The task's waker would keep the ended task allocated.
+            socket.state().task = None;
             // Whatever ended the loop, later sends are refused from here on.
             let close = *socket.state().closing.get_or_insert(close);
             // Boxed: a future the task needs once would otherwise sit in every socket's task
@@ -424,6 +422,10 @@ impl Reading {
     fn poll_run(&mut self, cx: &mut Context<'_>, on: &mut impl FnMut(Message<'_>)) -> Poll<Close> {
         let tcp = self.socket.tcp.clone();
         loop {
+            // Before writing: a close that drops the queue must not write it first.
+            if let Some(close) = self.socket.state().closing {
+                return Poll::Ready(close);
+            }
             let blocked = match self.socket.state().out.flush(&tcp) {
                 Ok(Flushed::Empty) => false,
                 Ok(Flushed::Blocked) => true,

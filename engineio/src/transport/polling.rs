@@ -6,6 +6,7 @@ use crate::close::{Closing, DisconnectReason};
 use crate::engine::{Handler, finish};
 use crate::packet::{self, EnginePacket, SEPARATOR};
 use crate::session::{Inner, Session, Transport};
+use crate::timers::after;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -131,7 +132,7 @@ fn drain_queue(st: &mut Inner) -> Vec<u8> {
 /// A polling session's heartbeat, until it closes or upgrades.
 pub(super) async fn heartbeat<H: Handler>(h: Arc<H>, session: Arc<Session<H::Data>>) {
     let settings = h.engine().settings.clone();
-    let mut next = Instant::now() + settings.ping_interval;
+    let mut next = after(Instant::now(), settings.ping_interval);
     loop {
         let closed = session.closed.notified();
         tokio::select! {

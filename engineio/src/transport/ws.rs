@@ -284,7 +284,9 @@ async fn run_websocket<H: Handler>(
 ) {
     // Polled by hand rather than a `select!` over readiness futures: the task then keeps no
     // future between two wake-ups (≈ 370 bytes in each session's task).
-    let reason = match std::future::poll_fn(|cx| poll_session(cx, h, session, tcp, reader)).await {
+    let closing = std::future::poll_fn(|cx| poll_session(cx, h, session, tcp, reader)).await;
+    session.state().unpark();
+    let reason = match closing {
         Closing::Flush(reason) => {
             // Boxed: a future the task needs once would otherwise sit in every session's task
             // for all its life.
@@ -308,6 +310,10 @@ fn poll_session<H: Handler>(
     reader: &mut frame::Reader,
 ) -> Poll<Closing> {
     loop {
+        // Before writing: a close that drops the queue must not write it first.
+        if let Some(closing) = session.state().closing {
+            return Poll::Ready(closing);
+        }
         let blocked = match flush(session, tcp) {
             Ok(Flushed::Empty) => false,
             Ok(Flushed::Blocked) => true,
