@@ -130,7 +130,8 @@ async function socketio(base) {
   const bad = await s.request('message:send', { conversationId: conv, content: '' });
   check(bad, { 'socket.io: an error ack': (a) => a.success === false && a.error.code === 'bad_request' });
 
-  // the server pings every 5 s: after 6 s the client has answered at least one and is connected
+  // selftest.sh runs the nodes with --ping-interval 2s: after 6 s the client has answered at
+  // least one ping and is connected
   await wait(6000);
   check(s, { 'socket.io: server ping answered, still connected': (x) => x.pings >= 1 && x.connected });
 
