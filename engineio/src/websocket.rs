@@ -378,8 +378,9 @@ pub struct Reading {
 
 impl Reading {
     /// Runs the socket until it closes, handing each text message to `on_text` (from this
-    /// task: it must not block). Answers pings, ignores binary messages, closes an idle
-    /// client, writes what could not be written at once, and returns why the socket ended.
+    /// task: it must not block). Answers pings, ignores binary messages, writes what could
+    /// not be written at once, and returns why the socket ended (its [`WsServer`] closes an
+    /// idle client).
     pub fn run(self, mut on_text: impl FnMut(&str)) -> impl Future<Output = DisconnectReason> {
         self.run_messages(move |m| match m {
             Message::Text(text) => on_text(text),
